@@ -1,0 +1,48 @@
+# COTN delivery monitor. `make help` lists the targets.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed"'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+.PHONY: install
+install: $(STAMP) ## Create .venv and install the locked dependencies
+
+.PHONY: run
+run: $(STAMP) ## Start the whole pipeline with a demo feed and a live board
+	$(BIN)/cotn run --demo
+
+.PHONY: test
+test: $(STAMP) ## Run the whole test suite (slow and fault tests included)
+	$(BIN)/pytest
+
+.PHONY: lint
+lint: $(STAMP) ## ruff format check, ruff, mypy
+	$(BIN)/ruff format --check shared services tests
+	$(BIN)/ruff check shared services tests
+	$(BIN)/mypy shared services
+
+.PHONY: bench
+bench: $(STAMP) ## Measure throughput and latency against bare baselines
+	$(BIN)/python -m bench
+
+.PHONY: lock
+lock: ## Re-pin requirements.lock from pyproject.toml
+	$(BIN)/pip install --quiet uv && $(BIN)/uv pip compile pyproject.toml --extra dev -o requirements.lock --python-version 3.11
+
+.PHONY: clean
+clean: ## Remove the virtual environment and the embedded run's data
+	rm -rf $(VENV) .cotn

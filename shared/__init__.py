@@ -1,0 +1,1 @@
+"""What the services of the COTN delivery monitor share: catalogue, events, subjects, health."""

@@ -1,0 +1,102 @@
+"""Streams and subjects, defined once beside the event models (CONTRACT §4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+
+from shared.events import KIND_OF_TYPE, KpiEvent, MilestoneEvent
+
+EVENTS_STREAM = "COTN_EVENTS"
+EVENTS_SUBJECTS = "cotn.events.>"
+DLQ_STREAM = "COTN_DLQ"
+DLQ_SUBJECTS = "cotn.dlq.>"
+STATUS_STREAM = "COTN_STATUS"
+STATUS_SUBJECTS = "cotn.status.>"
+AGGREGATOR_DURABLE = "cotn-aggregator"
+
+MSG_ID_HEADER = "Nats-Msg-Id"
+CONTENT_TYPE = "application/cloudevents+json"
+
+
+def event_subject(column: str, proposal: str, kind: str) -> str:
+    """``cotn.events.<column>.<proposal>.<kind>`` where kind is ``milestone`` or ``kpi``."""
+    return f"cotn.events.{column}.{proposal}.{kind}"
+
+
+def subject_for(event: MilestoneEvent | KpiEvent, column: str, proposal: str) -> str:
+    """The subject of an accepted event; a KPI event is filed under the proposal it evidences."""
+    return event_subject(column, proposal, KIND_OF_TYPE[event.type])
+
+
+def status_subject(column: str, proposal: str) -> str:
+    return f"cotn.status.{column}.{proposal}"
+
+
+def dlq_subject(reason: str) -> str:
+    return f"cotn.dlq.{reason}"
+
+
+def msg_id(source: str, event_id: str) -> str:
+    """JetStream de-duplication id from the event identity (source ids hold no ``:``)."""
+    return f"{source}:{event_id}"
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """How the streams are made; replicas > 1 needs a JetStream cluster."""
+
+    replicas: int = 1
+    duplicate_window_seconds: float = 120.0
+    max_bytes: int = 8 * 1024**3
+    max_age_seconds: float = 0  # 0: keep events until max_bytes; the database is the record
+
+
+def events_stream_config(settings: StreamSettings) -> StreamConfig:
+    return StreamConfig(
+        name=EVENTS_STREAM,
+        description="Every accepted COTN programme event",
+        subjects=[EVENTS_SUBJECTS],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.NEW,
+        duplicate_window=settings.duplicate_window_seconds,
+        num_replicas=settings.replicas,
+        max_bytes=settings.max_bytes,
+        max_age=settings.max_age_seconds,
+    )
+
+
+def side_stream_configs(settings: StreamSettings) -> list[StreamConfig]:
+    """Dead letters and status changes, kept so a late subscriber can read them."""
+    return [
+        StreamConfig(
+            name=name,
+            description=description,
+            subjects=[subjects],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            discard=DiscardPolicy.OLD,
+            num_replicas=settings.replicas,
+            max_bytes=512 * 1024**2,
+            duplicate_window=settings.duplicate_window_seconds,
+        )
+        for name, subjects, description in (
+            (DLQ_STREAM, DLQ_SUBJECTS, "Events the aggregator could never store"),
+            (STATUS_STREAM, STATUS_SUBJECTS, "Proposal health and stall changes"),
+        )
+    ]
+
+
+async def ensure_streams(js, settings: StreamSettings) -> None:  # type: ignore[no-untyped-def]
+    """Create the project's streams, or bring their configuration up to date."""
+    from nats.js.errors import NotFoundError
+
+    for config in [events_stream_config(settings), *side_stream_configs(settings)]:
+        try:
+            await js.stream_info(config.name)
+        except NotFoundError:
+            await js.add_stream(config)
+        else:
+            await js.update_stream(config)

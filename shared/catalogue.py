@@ -1,0 +1,260 @@
+"""The programme catalogue: what is monitored, shipped as data and checked by pydantic.
+
+The catalogue is a YAML file (``shared/data/catalogue.yaml`` by default). The programme
+office edits it; the services load it at start-up. :func:`load_catalogue` refuses a file
+with any problem and :func:`check_catalogue` lists every problem with its place.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from datetime import date, timedelta
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from shared.durations import Duration
+
+DEFAULT_CATALOGUE = Path(__file__).parent / "data" / "catalogue.yaml"
+CATALOGUE_ENV = "COTN_CATALOGUE"
+
+Id = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+"""Readable, stable ids; safe as a NATS subject token and a Prometheus label."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Column(_Model):
+    id: Id
+    title: str
+    proposals: list[Id] = Field(description="Proposals and gamechangers this column delivers")
+
+
+class Priority(_Model):
+    id: int = Field(ge=1)
+    title: str
+    text: str
+
+
+class Authority(_Model):
+    id: Id
+    name: str
+    kind: Literal["combined_authority", "strategic_authority", "body"]
+
+
+class Milestone(_Model):
+    id: Id
+    title: str
+    due: date
+
+
+class Proposal(_Model):
+    """A proposal of the paper, or a gamechanger tracked the same way."""
+
+    id: Id
+    kind: Literal["proposal", "gamechanger"] = "proposal"
+    title: str
+    priority: int | None = None
+    text: str = Field(description="The proposal's full text from the paper")
+    annex_text: str | None = Field(default=None, description="Its wording in the annex")
+    partners: list[Id]
+    milestones: list[Milestone] = Field(min_length=1)
+    stall_threshold: Duration
+    overdue_grace: Duration = timedelta(days=14)
+    dates_are_draft: bool = True
+
+    def milestone(self, milestone_id: str) -> Milestone | None:
+        return next((m for m in self.milestones if m.id == milestone_id), None)
+
+
+class Point(_Model):
+    value: float
+    date: date
+
+
+class Kpi(_Model):
+    id: Id
+    title: str
+    unit: str
+    direction: Literal["up", "down"]
+    baseline: Point
+    target: Point
+    shape: Literal["linear", "compound"]
+    tolerance: float = Field(default=0.05, ge=0, lt=1, description="Relative slack before off")
+    evidences: list[Id] = Field(min_length=1)
+    reporters: list[Id] = Field(min_length=1)
+    source: str = Field(description="Where the paper gives the figure")
+    comparator: str | None = None
+    target_is_draft: bool = False
+
+
+class Catalogue(_Model):
+    """The whole programme. Cross-references are checked after the fields."""
+
+    programme: str
+    status: str
+    columns: list[Column]
+    priorities: list[Priority]
+    proposals: list[Proposal]
+    kpis: list[Kpi]
+    authorities: list[Authority]
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> Catalogue:
+        problems = list(_cross_reference_problems(self))
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @cached_property
+    def column_of(self) -> dict[str, str]:
+        """Proposal id -> the id of the column that delivers it."""
+        return {p: c.id for c in self.columns for p in c.proposals}
+
+    @cached_property
+    def proposal_by_id(self) -> dict[str, Proposal]:
+        return {p.id: p for p in self.proposals}
+
+    @cached_property
+    def kpi_by_id(self) -> dict[str, Kpi]:
+        return {k.id: k for k in self.kpis}
+
+    @cached_property
+    def authority_by_id(self) -> dict[str, Authority]:
+        return {a.id: a for a in self.authorities}
+
+    @cached_property
+    def column_by_id(self) -> dict[str, Column]:
+        return {c.id: c for c in self.columns}
+
+    def proposals_of(self, column_id: str) -> list[Proposal]:
+        return [self.proposal_by_id[p] for p in self.column_by_id[column_id].proposals]
+
+
+def _duplicates(kind: str, ids: list[str] | list[int]) -> list[str]:
+    return [f"{kind}: duplicate id {i!r}" for i, n in Counter(ids).items() if n > 1]
+
+
+def _cross_reference_problems(cat: Catalogue) -> list[str]:
+    problems: list[str] = []
+    problems += _duplicates("columns", [c.id for c in cat.columns])
+    problems += _duplicates("priorities", [p.id for p in cat.priorities])
+    problems += _duplicates("proposals", [p.id for p in cat.proposals])
+    problems += _duplicates("kpis", [k.id for k in cat.kpis])
+    problems += _duplicates("authorities", [a.id for a in cat.authorities])
+    authorities = {a.id for a in cat.authorities}
+    priorities = {p.id for p in cat.priorities}
+    proposals = {p.id for p in cat.proposals}
+
+    placed: dict[str, list[str]] = {}
+    for column in cat.columns:
+        for pid in column.proposals:
+            placed.setdefault(pid, []).append(column.id)
+            if pid not in proposals:
+                problems.append(f"columns[{column.id}].proposals: unknown proposal {pid!r}")
+    for proposal in cat.proposals:
+        where = f"proposals[{proposal.id}]"
+        columns = placed.get(proposal.id, [])
+        if not columns:
+            problems.append(f"{where}: in no column")
+        elif len(columns) > 1:
+            problems.append(f"{where}: in more than one column ({', '.join(columns)})")
+        if proposal.kind == "proposal" and proposal.priority is None:
+            problems.append(f"{where}.priority: a proposal must name its policy priority")
+        if proposal.priority is not None and proposal.priority not in priorities:
+            problems.append(f"{where}.priority: unknown priority {proposal.priority}")
+        problems += [
+            f"{where}.partners: {a!r} is not a known authority"
+            for a in proposal.partners
+            if a not in authorities
+        ]
+        problems += _duplicates(f"{where}.milestones", [m.id for m in proposal.milestones])
+        for before, after in zip(proposal.milestones, proposal.milestones[1:], strict=False):
+            if after.due < before.due:
+                problems.append(
+                    f"{where}.milestones[{after.id}].due: {after.due} is before "
+                    f"{before.id} ({before.due}); milestones must be in date order"
+                )
+    for kpi in cat.kpis:
+        where = f"kpis[{kpi.id}]"
+        if kpi.target.date <= kpi.baseline.date:
+            problems.append(
+                f"{where}.target.date: {kpi.target.date} is not after the baseline date "
+                f"{kpi.baseline.date}"
+            )
+        if kpi.shape == "compound" and (kpi.baseline.value <= 0 or kpi.target.value <= 0):
+            problems.append(f"{where}.shape: a compound trajectory needs positive values")
+        problems += [
+            f"{where}.reporters: {a!r} is not a known authority"
+            for a in kpi.reporters
+            if a not in authorities
+        ]
+        problems += [
+            f"{where}.evidences: unknown proposal {p!r}" for p in kpi.evidences if p not in proposals
+        ]
+    return problems
+
+
+class CatalogueError(ValueError):
+    """A catalogue that cannot be used; ``problems`` lists each with its place."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+def _place(loc: tuple[int | str, ...], raw: object) -> str:
+    """Render a pydantic location with ids instead of list indexes where they exist."""
+    text = ""
+    node = raw
+    for part in loc:
+        if isinstance(part, int):
+            item = node[part] if isinstance(node, list) and part < len(node) else None
+            ident = item.get("id") if isinstance(item, dict) else None
+            text += f"[{ident}]" if ident is not None else f"[{part}]"
+            node = item
+        else:
+            text += f".{part}" if text else str(part)
+            node = node.get(part) if isinstance(node, dict) else None
+    return text
+
+
+def check_catalogue(path: str | Path) -> tuple[Catalogue | None, list[str]]:
+    """Load a catalogue file and return it with every problem found, each naming its place."""
+    source = str(path)
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        return None, [f"{source}: cannot read: {exc.strerror or exc}"]
+    except yaml.YAMLError as exc:
+        return None, [f"{source}: not valid YAML: {exc}"]
+    if not isinstance(raw, dict):
+        return None, [f"{source}: the catalogue must be a mapping at the top level"]
+    try:
+        return Catalogue.model_validate(raw), []
+    except ValidationError as exc:
+        problems: list[str] = []
+        for err in exc.errors():
+            place = _place(err["loc"], raw)
+            message = str(err["msg"]).removeprefix("Value error, ")
+            if err["type"] == "value_error" and not err["loc"]:
+                problems += message.split("; ")
+            else:
+                problems.append(f"{place}: {message}" if place else message)
+        return None, problems
+
+
+def load_catalogue(path: str | Path | None = None) -> Catalogue:
+    """Load the catalogue named by ``path``, ``$COTN_CATALOGUE`` or the shipped default."""
+    chosen = Path(path or os.environ.get(CATALOGUE_ENV) or DEFAULT_CATALOGUE)
+    catalogue, problems = check_catalogue(chosen)
+    if catalogue is None:
+        raise CatalogueError(str(chosen), problems)
+    return catalogue
