@@ -99,6 +99,7 @@ class Catalogue(_Model):
 
     programme: str
     status: str
+    programme_start: date = Field(description="When progress is first expected: stall clocks start here")
     columns: list[Column]
     priorities: list[Priority]
     proposals: list[Proposal]
