@@ -99,7 +99,9 @@ class Catalogue(_Model):
 
     programme: str
     status: str
-    programme_start: date = Field(description="When progress is first expected: stall clocks start here")
+    programme_start: date = Field(
+        description="When progress is first expected: stall clocks start here"
+    )
     columns: list[Column]
     priorities: list[Priority]
     proposals: list[Proposal]
@@ -110,7 +112,7 @@ class Catalogue(_Model):
     def _cross_references(self) -> Catalogue:
         problems = list(_cross_reference_problems(self))
         if problems:
-            raise ValueError("; ".join(problems))
+            raise _CrossReferenceError(problems)
         return self
 
     @cached_property
@@ -136,6 +138,14 @@ class Catalogue(_Model):
 
     def proposals_of(self, column_id: str) -> list[Proposal]:
         return [self.proposal_by_id[p] for p in self.column_by_id[column_id].proposals]
+
+
+class _CrossReferenceError(ValueError):
+    """Carries the problem list itself: a message may contain "; ", so it cannot be re-split."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("; ".join(problems))
 
 
 def _duplicates(kind: str, ids: list[str] | list[int]) -> list[str]:
@@ -197,7 +207,9 @@ def _cross_reference_problems(cat: Catalogue) -> list[str]:
             if a not in authorities
         ]
         problems += [
-            f"{where}.evidences: unknown proposal {p!r}" for p in kpi.evidences if p not in proposals
+            f"{where}.evidences: unknown proposal {p!r}"
+            for p in kpi.evidences
+            if p not in proposals
         ]
     return problems
 
@@ -245,8 +257,9 @@ def check_catalogue(path: str | Path) -> tuple[Catalogue | None, list[str]]:
         for err in exc.errors():
             place = _place(err["loc"], raw)
             message = str(err["msg"]).removeprefix("Value error, ")
-            if err["type"] == "value_error" and not err["loc"]:
-                problems += message.split("; ")
+            cause = err.get("ctx", {}).get("error")
+            if isinstance(cause, _CrossReferenceError):
+                problems += cause.problems
             else:
                 problems.append(f"{place}: {message}" if place else message)
         return None, problems

@@ -35,9 +35,16 @@ def format_duration(value: timedelta) -> str:
 def _coerce(value: Any) -> Any:
     if isinstance(value, str):
         return parse_duration(value)
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a duration")
+    if isinstance(value, int | float):
+        # A bare number is seconds; it must be positive like a written duration.
+        if not value > 0:
+            raise ValueError(f"{value!r} must be longer than zero")
         return timedelta(seconds=value)
     return value
 
 
-Duration = Annotated[timedelta, BeforeValidator(_coerce), PlainSerializer(format_duration, return_type=str)]
+Duration = Annotated[
+    timedelta, BeforeValidator(_coerce), PlainSerializer(format_duration, return_type=str)
+]

@@ -259,32 +259,66 @@ def proposal_health(
     reasons: list[Reason] = []
     for m in milestones:
         if m.status == "blocked":
-            reasons.append(Reason("milestone_blocked", "red", f"{m.title} is blocked", m.id,
-                                  since=m.updated_at))
+            reasons.append(
+                Reason(
+                    "milestone_blocked", "red", f"{m.title} is blocked", m.id, since=m.updated_at
+                )
+            )
         if m.overdue_beyond_grace:
-            reasons.append(Reason("milestone_overdue_beyond_grace", "red",
-                                  f"{m.title} was due {m.due} and is {m.status}", m.id))
+            reasons.append(
+                Reason(
+                    "milestone_overdue_beyond_grace",
+                    "red",
+                    f"{m.title} was due {m.due} and is {m.status}",
+                    m.id,
+                )
+            )
         elif m.overdue:
-            reasons.append(Reason("milestone_overdue", "amber",
-                                  f"{m.title} was due {m.due} and is {m.status}", m.id))
+            reasons.append(
+                Reason(
+                    "milestone_overdue",
+                    "amber",
+                    f"{m.title} was due {m.due} and is {m.status}",
+                    m.id,
+                )
+            )
         if m.status == "at_risk":
-            reasons.append(Reason("milestone_at_risk", "amber", f"{m.title} is at risk", m.id,
-                                  since=m.updated_at))
+            reasons.append(
+                Reason(
+                    "milestone_at_risk", "amber", f"{m.title} is at risk", m.id, since=m.updated_at
+                )
+            )
     days = quiet_for.total_seconds() / 86400
     if stalled:
-        reasons.append(Reason("stalled", "red",
-                              f"no milestone event for {days:.1f} days "
-                              f"(threshold {proposal.stall_threshold})", since=progress))
+        reasons.append(
+            Reason(
+                "stalled",
+                "red",
+                f"no milestone event for {days:.1f} days (threshold {proposal.stall_threshold})",
+                since=progress,
+            )
+        )
     elif unfinished and quiet_for > proposal.stall_threshold / 2:
-        reasons.append(Reason("progress_ageing", "amber",
-                              f"last milestone event {days:.1f} days ago, over half the "
-                              f"stall threshold", since=progress))
+        reasons.append(
+            Reason(
+                "progress_ageing",
+                "amber",
+                f"last milestone event {days:.1f} days ago, over half the stall threshold",
+                since=progress,
+            )
+        )
     for k in catalogue.kpis:
         if proposal.id in k.evidences and kpis[k.id].on_track is False:
             h = kpis[k.id]
-            reasons.append(Reason("kpi_off_trajectory", "amber",
-                                  f"{k.title}: {h.actual:g} in {h.actual_period} against "
-                                  f"{h.expected_at_actual:g} expected", kpi=k.id))
+            reasons.append(
+                Reason(
+                    "kpi_off_trajectory",
+                    "amber",
+                    f"{k.title}: {h.actual:g} in {h.actual_period} against "
+                    f"{h.expected_at_actual:g} expected",
+                    kpi=k.id,
+                )
+            )
     rag: Rag = "green"
     if any(r.rag == "red" for r in reasons):
         rag = "red"
@@ -305,10 +339,6 @@ def proposal_health(
 
 def programme_health(catalogue: Catalogue, state: ProgrammeState, now: datetime) -> ProgrammeHealth:
     """Rate every KPI and proposal of the programme at ``now``."""
-    kpis = {
-        k.id: kpi_health(k, state.kpi_observations.get(k.id, ()), now) for k in catalogue.kpis
-    }
-    proposals = {
-        p.id: proposal_health(catalogue, p, state, kpis, now) for p in catalogue.proposals
-    }
+    kpis = {k.id: kpi_health(k, state.kpi_observations.get(k.id, ()), now) for k in catalogue.kpis}
+    proposals = {p.id: proposal_health(catalogue, p, state, kpis, now) for p in catalogue.proposals}
     return ProgrammeHealth(at=now, proposals=proposals, kpis=kpis)

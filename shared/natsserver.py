@@ -42,7 +42,7 @@ def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
 
 @dataclass
 class NatsServer:
-    """A nats-server with JetStream on loopback; ``sync_interval: always`` so an ack means stored."""
+    """A JetStream nats-server on loopback; ``sync_interval: always`` so an ack means stored."""
 
     store_dir: Path
     port: int = 0
@@ -57,7 +57,7 @@ class NatsServer:
     def config_text(self) -> str:
         return (
             f'listen: "{self.host}:{self.port}"\n'
-            f"jetstream {{\n  store_dir: \"{self.store_dir}\"\n  sync_interval: always\n}}\n"
+            f'jetstream {{\n  store_dir: "{self.store_dir}"\n  sync_interval: always\n}}\n'
             f"{self.extra_config}"
         )
 
@@ -67,7 +67,7 @@ class NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         conf = self.store_dir / "nats-server.conf"
         conf.write_text(self.config_text())
-        log = open(self.store_dir / "nats-server.log", "ab")  # noqa: SIM115
+        log = open(self.store_dir / "nats-server.log", "ab")
         self.process = subprocess.Popen(
             [nats_server_binary(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT
         )

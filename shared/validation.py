@@ -116,12 +116,16 @@ def _check_milestone(
     if proposal.milestone(data.milestone) is None:
         known = ", ".join(m.id for m in proposal.milestones)
         problems.append(
-            Problem("data.milestone", f"unknown milestone {data.milestone!r} of {proposal.id} "
-                    f"(known: {known})")
+            Problem(
+                "data.milestone",
+                f"unknown milestone {data.milestone!r} of {proposal.id} (known: {known})",
+            )
         )
     if authority not in proposal.partners:
         problems.append(
-            Problem("data.proposal", f"{authority!r} is not a partner of proposal {proposal.id}", 403)
+            Problem(
+                "data.proposal", f"{authority!r} is not a partner of proposal {proposal.id}", 403
+            )
         )
     return problems
 
@@ -142,7 +146,9 @@ def _check_kpi(event: KpiEvent, catalogue: Catalogue, column: str, authority: st
             )
         )
     if data.unit is not None and data.unit != kpi.unit:
-        problems.append(Problem("data.unit", f"is {data.unit!r} but KPI {kpi.id} is in {kpi.unit!r}"))
+        problems.append(
+            Problem("data.unit", f"is {data.unit!r} but KPI {kpi.id} is in {kpi.unit!r}")
+        )
     if authority not in kpi.reporters:
         problems.append(Problem("data.kpi", f"{authority!r} may not report KPI {kpi.id}", 403))
     return problems
