@@ -1,0 +1,71 @@
+"""The column service: one implementation, deployed once per catalogue column.
+
+``create_app(settings)`` builds the app and connects nothing; the FastStream router's
+lifespan connects to NATS in the background, sets up the streams and drains on shutdown.
+Run it with ``cotn serve ingest --column <id>``, or with
+``uvicorn --factory services.ingest.app:app_from_env`` and ``COTN_INGEST_*`` variables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from fastapi import FastAPI
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from services.ingest import openapi
+from services.ingest.metrics import IngestMetrics
+from services.ingest.problems import http_exception_handler
+from services.ingest.publisher import EventBus
+from services.ingest.router import IngestContext, router
+from services.ingest.settings import IngestSettings
+from shared.catalogue import load_catalogue
+from shared.tokens import TokenStore
+
+
+class UnknownColumnError(ValueError):
+    """The settings name a column the catalogue does not have."""
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def create_app(settings: IngestSettings, *, clock: Callable[[], datetime] = utc_now) -> FastAPI:
+    """Build the column service for ``settings.column``; ``clock`` judges future event times."""
+    catalogue = load_catalogue(settings.catalogue)
+    column = catalogue.column_by_id.get(settings.column)
+    if column is None:
+        known = ", ".join(catalogue.column_by_id)
+        raise UnknownColumnError(
+            f"column {settings.column!r} is not in the catalogue: choose one of {known}"
+        )
+    bus = EventBus(settings)
+    app = FastAPI(
+        title=f"COTN {column.id} column service",
+        description=(
+            f"Accepts CloudEvents from authority systems for the proposals of the "
+            f"{column.title!r} column ({', '.join(column.proposals)}) and stores them on the "
+            f"NATS JetStream bus."
+        ),
+        version="1.0.0",
+    )
+    app.state.ingest = IngestContext(
+        settings=settings,
+        catalogue=catalogue,
+        tokens=TokenStore.in_dir(settings.data_dir),
+        bus=bus,
+        metrics=IngestMetrics(column.id),
+        clock=clock,
+    )
+    app.include_router(router)
+    app.include_router(bus.router)
+    app.add_exception_handler(StarletteHTTPException, http_exception_handler)  # type: ignore[arg-type]
+    openapi.install(app)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """The app with settings from the environment, for ``uvicorn --factory``."""
+    return create_app(IngestSettings())

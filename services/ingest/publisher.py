@@ -1,0 +1,201 @@
+"""The column service's side of NATS: connect in the background, keep the streams, publish.
+
+FastStream's router lifespan awaits ``broker.start()``, so an unreachable NATS would hold
+the HTTP side down. :class:`BackgroundNatsBroker` starts in a task instead: the service
+answers ``/healthz`` (and ``/readyz`` 503) at once while nats-py keeps retrying.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import nats.errors
+from faststream.exceptions import IncorrectState
+from faststream.nats import NatsBroker
+from faststream.nats.fastapi import NatsRouter
+from nats.aio.client import Client
+
+from services.ingest.settings import IngestSettings
+from shared.bus import CONTENT_TYPE, EVENTS_STREAM, MSG_ID_HEADER, ensure_streams
+
+log = logging.getLogger("cotn.ingest.bus")
+
+# What a publish or a probe raises when NATS or JetStream cannot answer (nats.js errors
+# derive from nats.errors.Error; IncorrectState is FastStream's "not connected yet").
+BUS_ERRORS = (nats.errors.Error, TimeoutError, IncorrectState)
+
+# FastStream reads this spelling to decode what a subscriber receives.
+CONTENT_TYPE_HEADER = "content-type"
+
+PROBE_TIMEOUT = 1.0
+
+
+class BusUnavailable(Exception):
+    """The bus did not acknowledge every event of a request."""
+
+
+@dataclass(frozen=True, slots=True)
+class BusMessage:
+    subject: str
+    msg_id: str
+    payload: bytes
+
+
+class BackgroundNatsBroker(NatsBroker):
+    """A NatsBroker whose ``start`` returns at once and connects in a task.
+
+    ``on_connected`` runs once the connection is up; ``stop`` cancels what is still running,
+    then drains the connection (or closes it when NATS is away, as nats-py cannot drain then).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_connected: Callable[[], Awaitable[None]] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def run_in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` until it ends or the broker stops."""
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("NATS set-up failed; the service stays not ready", exc_info=exc)
+
+    async def start(self) -> None:
+        self.run_in_background(self._start_when_reachable())
+
+    async def _start_when_reachable(self) -> None:
+        await super().start()
+        log.info("connected to NATS")
+        if self.on_connected is not None:
+            await self.on_connected()
+
+    async def stop(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_val: BaseException | None = None,
+        exc_tb: TracebackType | None = None,
+    ) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+        if self._connection is not None and not self._connection.is_connected:
+            await self._connection.close()
+            self._connection = None
+        await super().stop(exc_type, exc_val, exc_tb)
+
+
+class IngestNatsRouter(NatsRouter):
+    """FastStream's FastAPI integration with a broker that does not block start-up."""
+
+    broker_class = BackgroundNatsBroker
+    broker: BackgroundNatsBroker
+
+
+class EventBus:
+    """Publishes accepted events to the events stream, each with its JetStream ack."""
+
+    def __init__(self, settings: IngestSettings) -> None:
+        self._stream_settings = settings.stream_settings()
+        self._timeout = settings.publish_timeout_seconds
+        self._retry_wait = settings.reconnect_wait_seconds
+        self._in_flight = asyncio.Semaphore(settings.max_in_flight)
+        self._warned = False
+        self.router = IngestNatsRouter(
+            str(settings.nats_url),
+            name=f"cotn-ingest-{settings.column}",
+            max_reconnect_attempts=-1,  # for ever: the service waits for NATS, it never gives up
+            reconnect_time_wait=settings.reconnect_wait_seconds,  # type: ignore[arg-type]
+            connect_timeout=2,
+            error_cb=self._on_error,
+            reconnected_cb=self._on_reconnected,
+            # FastStream logs per message at log_level: keep that at DEBUG, warnings stay.
+            logger=log,
+            log_level=logging.DEBUG,
+            schema_url=None,
+        )
+        self.broker = self.router.broker
+        self.broker.on_connected = self.ensure_streams
+
+    async def ensure_streams(self) -> None:
+        """Create or update the streams, retrying until JetStream answers."""
+        while True:
+            try:
+                js = self.broker.connection.jetstream(timeout=self._timeout)
+                await ensure_streams(js, self._stream_settings)
+            except BUS_ERRORS as exc:
+                log.warning("cannot set up the JetStream streams yet (%r); retrying", exc)
+                await asyncio.sleep(self._retry_wait)
+            else:
+                return
+
+    async def _on_error(self, exc: Exception) -> None:
+        # FastStream logs connection errors once connected; before that, say it once here.
+        if not self._warned and self._client() is None:
+            self._warned = True
+            log.warning("NATS unreachable (%r); retrying every %ss", exc, self._retry_wait)
+
+    async def _on_reconnected(self) -> None:
+        # A server that restarted without its store has no streams: set them up again.
+        self.broker.run_in_background(self.ensure_streams())
+
+    def _client(self) -> Client | None:
+        try:
+            return self.broker.connection
+        except IncorrectState:
+            return None
+
+    async def unready_reason(self) -> str | None:
+        """None when the bus is connected and the events stream answers, else why not."""
+        client = self._client()
+        if client is None or not client.is_connected:
+            return "not connected to NATS"
+        try:
+            await client.jetstream(timeout=PROBE_TIMEOUT).stream_info(EVENTS_STREAM)
+        except BUS_ERRORS as exc:
+            return f"stream {EVENTS_STREAM} does not answer: {exc!r}"
+        return None
+
+    async def publish(self, messages: Sequence[BusMessage]) -> list[bool]:
+        """Publish every message, many acks in flight; True where the stream had it already.
+
+        Raises :class:`BusUnavailable` unless every message is acknowledged. Messages that
+        did land are harmless: the client retries with the same ids and the stream's
+        duplicate window drops them.
+        """
+        client = self._client()
+        if client is None or not client.is_connected:
+            # Refuse before sending: nats-py would buffer and deliver after we answered.
+            raise BusUnavailable("not connected to NATS")
+        results = await asyncio.gather(*(self._publish_one(m) for m in messages))
+        failures = [r for r in results if isinstance(r, Exception)]
+        if failures:
+            raise BusUnavailable(
+                f"{len(failures)} of {len(messages)} events not acknowledged ({failures[0]!r})"
+            )
+        return [r for r in results if isinstance(r, bool)]
+
+    async def _publish_one(self, message: BusMessage) -> bool | Exception:
+        async with self._in_flight:
+            try:
+                ack = await self.broker.publish(
+                    message.payload,
+                    message.subject,
+                    headers={CONTENT_TYPE_HEADER: CONTENT_TYPE, MSG_ID_HEADER: message.msg_id},
+                    correlation_id=message.msg_id,
+                    stream=EVENTS_STREAM,
+                    timeout=self._timeout,
+                )
+            except BUS_ERRORS as exc:
+                return exc
+        return bool(ack.duplicate)
