@@ -18,9 +18,17 @@ def parse_duration(text: str) -> timedelta:
     if not cleaned or _PART.sub("", cleaned):
         raise ValueError(f"{text!r} is not a duration: use a number and a unit of w, d, h, m or s")
     seconds = sum(float(n) * _UNITS[u] for n, u in _PART.findall(cleaned))
-    if seconds <= 0:
-        raise ValueError(f"{text!r} must be longer than zero")
-    return timedelta(seconds=seconds)
+    return _positive(seconds, text)
+
+
+def _positive(seconds: float, shown: object) -> timedelta:
+    if not seconds > 0:
+        raise ValueError(f"{shown!r} must be longer than zero")
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        # Pydantic reports only ValueError as a validation problem; anything else would crash.
+        raise ValueError(f"{shown!r} is too long") from None
 
 
 def format_duration(value: timedelta) -> str:
@@ -39,9 +47,7 @@ def _coerce(value: Any) -> Any:
         raise ValueError(f"{value!r} is not a duration")
     if isinstance(value, int | float):
         # A bare number is seconds; it must be positive like a written duration.
-        if not value > 0:
-            raise ValueError(f"{value!r} must be longer than zero")
-        return timedelta(seconds=value)
+        return _positive(value, value)
     return value
 
 
