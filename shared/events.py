@@ -13,6 +13,7 @@ from datetime import date
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     BeforeValidator,
@@ -40,13 +41,28 @@ def _finite_number(value: Any) -> Any:
     # JSON true/false and numeric strings are not numbers here.
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError("must be a JSON number")
-    if not math.isfinite(value):
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ValueError("is too large for a number") from None
+    if not math.isfinite(number):
         raise ValueError("must be a finite number")
-    return value
+    return number
 
 
 FiniteNumber = Annotated[float, BeforeValidator(_finite_number)]
-Note = Annotated[StrictStr, Field(max_length=MAX_NOTE)]
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _plain_text(value: str) -> str:
+    # Line breaks and tabs are kept; other control characters (NUL among them, which
+    # PostgreSQL cannot store) are refused.
+    if _CONTROL.search(value):
+        raise ValueError("must be plain text without control characters")
+    return value
+
+
+Note = Annotated[StrictStr, Field(max_length=MAX_NOTE), AfterValidator(_plain_text)]
 Ref = Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9-]*$")]
 
 

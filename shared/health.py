@@ -195,7 +195,8 @@ def kpi_health(kpi: Kpi, observations: Sequence[KpiObservation], now: datetime) 
         baseline_date=kpi.baseline.date,
         target=kpi.target.value,
         target_date=kpi.target.date,
-        expected_now=kpi_expected(kpi, now.date()),
+        # Dates are read in UTC, like milestone due dates, whatever zone the clock is in.
+        expected_now=kpi_expected(kpi, now.astimezone(UTC).date()),
         actual=latest.value if latest else None,
         actual_period=latest.period if latest else None,
         expected_at_actual=expected_at,

@@ -1,0 +1,254 @@
+"""The aggregator's read API (CONTRACT §5): the board, one proposal, KPIs, the audit trail.
+
+Every request reads the stored state in one session and rates it with
+:func:`shared.health.programme_health` at the injected clock's ``now``; nothing is cached,
+so two replicas over one database answer alike. Errors are RFC 9457 problem documents
+(``application/problem+json``), including the 422 of a malformed query parameter, which
+the router produces itself so it needs no app-wide exception handler.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import datetime
+from http import HTTPStatus
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import AwareDatetime, BaseModel, Field
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from services.aggregator import store
+from services.aggregator.board import (
+    KpiListOut,
+    ProgrammeOut,
+    ProposalDetailOut,
+    kpi_list,
+    programme_view,
+    proposal_detail,
+)
+from services.aggregator.models import EventPublic
+from shared.catalogue import Catalogue
+from shared.events import EVENT_TYPES
+from shared.health import ProgrammeHealth, programme_health
+
+Clock = Callable[[], datetime]
+Ready = Callable[[], tuple[bool, str] | Awaitable[tuple[bool, str]]]
+"""Answers (ready, detail) for /readyz; a coroutine function is awaited."""
+
+PROBLEM_JSON = "application/problem+json"
+MAX_PAGE = 1000
+# RFC 9110's name; Python before 3.13 still says "Unprocessable Entity".
+TITLES = {422: "Unprocessable Content"}
+
+
+class FieldProblem(BaseModel):
+    field: str
+    reason: str
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldProblem] | None = Field(
+        default=None, description="For 422: each query parameter at fault and why"
+    )
+
+
+class EventsPage(BaseModel):
+    events: list[EventPublic]
+    next_cursor: str | None = Field(
+        description="Pass as ?cursor= for the next page; null at the end"
+    )
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not_ready"]
+    detail: str
+
+
+def _title(status: int) -> str:
+    return TITLES.get(status) or HTTPStatus(status).phrase
+
+
+def _inline_refs(node: Any, defs: dict[str, Any]) -> Any:
+    """``node`` with every local ``$ref`` replaced by its definition."""
+    if isinstance(node, dict):
+        if "$ref" in node:
+            return _inline_refs(defs[node["$ref"].rsplit("/", 1)[-1]], defs)
+        return {k: _inline_refs(v, defs) for k, v in node.items() if k != "$defs"}
+    if isinstance(node, list):
+        return [_inline_refs(v, defs) for v in node]
+    return node
+
+
+def _problem_doc(status: int) -> dict[int | str, dict[str, Any]]:
+    # FastAPI files a response "model" under the route's own media type (application/json),
+    # so the problem schema is given inline under its real media type instead.
+    schema = Problem.model_json_schema()
+    schema = _inline_refs(schema, schema.get("$defs", {}))
+    return {status: {"description": _title(status), "content": {PROBLEM_JSON: {"schema": schema}}}}
+
+
+NOT_FOUND = _problem_doc(404)
+UNPROCESSABLE = _problem_doc(422)
+
+
+def problem_response(
+    status: int, detail: str, errors: list[FieldProblem] | None = None
+) -> JSONResponse:
+    """A problem document; ``about:blank`` types take the HTTP phrase as title (RFC 9457 §4.2.1)."""
+    body = Problem(title=_title(status), status=status, detail=detail, errors=errors)
+    return JSONResponse(
+        body.model_dump(exclude_none=True), status_code=status, media_type=PROBLEM_JSON
+    )
+
+
+def validation_problem(exc: RequestValidationError) -> JSONResponse:
+    """A 422 problem naming each bad parameter by its name, not FastAPI's location tuple."""
+    errors = [
+        FieldProblem(field=str(err["loc"][-1]) if err["loc"] else "(request)", reason=err["msg"])
+        for err in exc.errors()
+    ]
+    names = ", ".join(sorted({e.field for e in errors}))
+    return problem_response(422, f"invalid query parameter: {names}", errors)
+
+
+class ProblemRoute(APIRoute):
+    """A route whose request-validation failures come out as problem documents."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError as exc:
+                return validation_problem(exc)
+
+        return route
+
+
+async def read_health(
+    *, catalogue: Catalogue, sessions: async_sessionmaker, clock: Clock
+) -> ProgrammeHealth:
+    """Load the stored state in one session and rate it at the clock's ``now``."""
+    async with sessions() as session:
+        state = await store.load_state(session=session)
+    return programme_health(catalogue, state, clock())
+
+
+def unknown_proposal(catalogue: Catalogue, proposal_id: str) -> JSONResponse:
+    known = ", ".join(p.id for p in catalogue.proposals)
+    return problem_response(404, f"no proposal {proposal_id!r} in the catalogue (known: {known})")
+
+
+def build_read_router(
+    *,
+    catalogue: Catalogue,
+    sessions: async_sessionmaker,
+    clock: Clock,
+    ready: Ready,
+) -> APIRouter:
+    """The read API over the stored state; ``ready()`` answers ``(ready, detail)`` for /readyz."""
+    router = APIRouter(route_class=ProblemRoute)
+
+    async def snapshot() -> ProgrammeHealth:
+        return await read_health(catalogue=catalogue, sessions=sessions, clock=clock)
+
+    @router.get("/v1/programme", tags=["board"], summary="The whole programme board")
+    async def get_programme() -> ProgrammeOut:
+        return programme_view(catalogue, await snapshot())
+
+    @router.get(
+        "/v1/proposals/{proposal_id}",
+        tags=["board"],
+        summary="One proposal or gamechanger, with its text and KPIs",
+        response_model=ProposalDetailOut,
+        responses={**NOT_FOUND, **UNPROCESSABLE},
+    )
+    async def get_proposal(proposal_id: str) -> ProposalDetailOut | JSONResponse:
+        if proposal_id not in catalogue.proposal_by_id:
+            return unknown_proposal(catalogue, proposal_id)
+        detail = proposal_detail(catalogue, await snapshot(), proposal_id)
+        assert detail is not None  # the id was checked against the same catalogue
+        return detail
+
+    @router.get("/v1/kpis", tags=["board"], summary="Every KPI: actual, expected and target")
+    async def get_kpis() -> KpiListOut:
+        return kpi_list(catalogue, await snapshot())
+
+    @router.get(
+        "/v1/events",
+        tags=["audit"],
+        summary="The audit trail of stored events, oldest first, paginated",
+        response_model=EventsPage,
+        responses={**NOT_FOUND, **UNPROCESSABLE},
+    )
+    async def get_events(
+        proposal: Annotated[str | None, Query(description="Only this proposal's events")] = None,
+        source: Annotated[str | None, Query(description="Only this authority's events")] = None,
+        event_type: Annotated[
+            Literal[EVENT_TYPES] | None,  # type: ignore[valid-type]
+            Query(alias="type", description="Only events of this CloudEvents type"),
+        ] = None,
+        since: Annotated[
+            AwareDatetime | None,
+            Query(description="Only events from this time on (ISO 8601 with a timezone)"),
+        ] = None,
+        cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size")] = 100,
+    ) -> EventsPage | JSONResponse:
+        if proposal is not None and proposal not in catalogue.proposal_by_id:
+            return unknown_proposal(catalogue, proposal)
+        if cursor is not None:
+            try:
+                store.decode_cursor(cursor)
+            except ValueError as exc:
+                return problem_response(
+                    422, str(exc), [FieldProblem(field="cursor", reason=str(exc))]
+                )
+        async with sessions() as session:
+            events, next_cursor = await store.list_events(
+                session=session,
+                proposal=proposal,
+                source=source,
+                type=event_type,
+                since=since,
+                cursor=cursor,
+                limit=limit,
+            )
+        return EventsPage(events=events, next_cursor=next_cursor)
+
+    @router.get("/healthz", tags=["operations"], summary="The process is alive")
+    async def healthz() -> Health:
+        return Health()
+
+    @router.get(
+        "/readyz",
+        tags=["operations"],
+        summary="Ready to serve (the database and the bus are reachable)",
+        response_model=Readiness,
+        responses={503: {"model": Readiness}},
+    )
+    async def readyz() -> Readiness | JSONResponse:
+        answer = ready()
+        ok, detail = await answer if inspect.isawaitable(answer) else answer
+        body = Readiness(status="ready" if ok else "not_ready", detail=detail)
+        if ok:
+            return body
+        return JSONResponse(body.model_dump(), status_code=503)
+
+    return router

@@ -1,0 +1,235 @@
+"""The aggregator app: consumer, status events, read API and metrics in one FastAPI app.
+
+:func:`create_app` builds everything from settings and connects nothing: the FastStream
+broker, its router (the events subscriber, the status and dead-letter publishers) and the
+database engine come to life in the app's lifespan. Start-up does not wait for NATS or the
+database: a background task migrates the schema, sets up the streams and the durable
+consumer, then starts consuming, retrying each step until it succeeds, so the read API
+answers (and ``/readyz`` says what is missing) meanwhile. Shutdown lets the batch in
+progress finish (FastStream's graceful timeout), stops the loops, then drains the NATS
+connection so the last acknowledgements reach the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+from datetime import UTC, datetime
+from functools import partial
+
+import nats.errors
+from fastapi import FastAPI
+from faststream.exceptions import IncorrectState
+from faststream.nats import NatsBroker, NatsRouter
+from prometheus_client import CollectorRegistry
+
+from services.aggregator.api import build_read_router
+from services.aggregator.consumer import (
+    BatchConsumer,
+    dlq_publisher,
+    ensure_consumer,
+    fetch_timeouts_as_nats_errors,
+    publish_dead_letter,
+    subscribe_events,
+)
+from services.aggregator.db import make_engine, session_factory, upgrade
+from services.aggregator.metrics import build_metrics_router
+from services.aggregator.opmetrics import OperationalMetrics
+from services.aggregator.settings import AggregatorSettings
+from services.aggregator.status import StatusPublisher, publish_status, status_publisher
+from shared.bus import AGGREGATOR_DURABLE, EVENTS_STREAM, ensure_streams
+from shared.catalogue import Catalogue, load_catalogue
+
+log = logging.getLogger("cotn.aggregator")
+
+Clock = Callable[[], datetime]
+RETRY_MAX_SECONDS = 5.0
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Aggregator:
+    """One app's running parts: broker, consumer, status publisher, backlog gauge."""
+
+    def __init__(self, *, settings: AggregatorSettings, catalogue: Catalogue, clock: Clock):
+        self.settings = settings
+        self.registry = CollectorRegistry()
+        self.metrics = OperationalMetrics(self.registry)
+        self.engine = make_engine(
+            settings.database_url, sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms
+        )
+        self.readers = session_factory(self.engine)
+        self.writers = session_factory(self.engine, writer=True)
+        self.broker = NatsBroker(
+            str(settings.nats_url),
+            name="cotn-aggregator",
+            max_reconnect_attempts=-1,  # for ever: the aggregator waits for NATS, never gives up
+            reconnect_time_wait=1,
+            reconnected_cb=self._on_reconnected,
+            graceful_timeout=settings.graceful_timeout_seconds,
+            # FastStream logs two lines per batch at log_level: keep that at DEBUG.
+            logger=logging.getLogger("cotn.aggregator.broker"),
+            log_level=logging.DEBUG,
+            # The handler takes the raw messages: nothing for FastDepends to validate.
+            apply_types=False,
+        )
+        router = NatsRouter()
+        self.status = StatusPublisher(
+            catalogue=catalogue,
+            readers=self.readers,
+            writers=self.writers,
+            clock=clock,
+            publish=partial(publish_status, status_publisher(router)),
+            interval=settings.status_interval_seconds,
+            min_gap=settings.status_min_gap_seconds,
+        )
+        self.consumer = BatchConsumer(
+            catalogue=catalogue,
+            sessions=self.writers,
+            metrics=self.metrics,
+            clock=clock,
+            settings=settings,
+            publish_dead_letter=partial(publish_dead_letter, dlq_publisher(router)),
+            on_stored=self.status.poke,
+        )
+        subscribe_events(router, settings=settings, consumer=self.consumer)
+        self.broker.include_router(router)
+        self.stage = "not started"
+        self.consuming = asyncio.Event()
+        self._tasks: list[asyncio.Future[None]] = []
+        self._status_task: asyncio.Future[None] | None = None
+
+    async def start(self) -> None:
+        """Start the bring-up in the background and return at once."""
+        self._spawn(self._bring_up())
+
+    async def stop(self) -> None:
+        """Finish the batch in progress, stop the loops, drain NATS, close the database."""
+        for subscriber in self.broker.subscribers:
+            await subscriber.stop()
+        self.status.stop()
+        if self._status_task is not None:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.shield(self._status_task), self.settings.graceful_timeout_seconds
+                )
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await self.broker.stop()
+        await self.engine.dispose()
+        self.stage = "stopped"
+
+    def ready(self) -> tuple[bool, str]:
+        """(ready, detail) for ``/readyz``: consuming, connected and the database answering."""
+        if not self.consuming.is_set():
+            return False, self.stage
+        if not self._nats_connected():
+            return False, "NATS is not connected"
+        if self.consumer.database_ok is False:
+            return False, "the database is not storing events: batches are being retried"
+        return True, "consuming"
+
+    def _nats_connected(self) -> bool:
+        try:
+            return self.broker.connection.is_connected
+        except IncorrectState:
+            return False
+
+    def _spawn(self, work: Awaitable[None]) -> asyncio.Future[None]:
+        task = asyncio.ensure_future(work)
+        self._tasks.append(task)
+        return task
+
+    async def _bring_up(self) -> None:
+        if self.settings.migrate_on_start:
+            await self._until_done(
+                "migrating the database", partial(upgrade, self.settings.database_url)
+            )
+        await self._until_done("connecting to NATS", self.broker.connect)
+        fetch_timeouts_as_nats_errors(self.broker.config.connection_state.stream)
+        await self._until_done("setting up the streams", self._prepare_bus)
+        await self._until_done("starting the consumer", self.broker.start)
+        self._status_task = self._spawn(self.status.run())
+        self._spawn(self._watch_backlog())
+        self.stage = "consuming"
+        self.consuming.set()
+        log.info("consuming %s as %s", EVENTS_STREAM, AGGREGATOR_DURABLE)
+
+    async def _until_done(self, stage: str, step: Callable[[], Awaitable[object]]) -> None:
+        """Run ``step`` until it succeeds, waiting longer after each failure (up to 5 s)."""
+        self.stage = stage
+        delay = 0.1
+        while True:
+            try:
+                await step()
+                return
+            except Exception as exc:
+                log.warning(
+                    "%s failed (%s: %s); retrying in %.1fs", stage, type(exc).__name__, exc, delay
+                )
+            await asyncio.sleep(delay)
+            delay = min(RETRY_MAX_SECONDS, delay * 2)
+
+    async def _prepare_bus(self) -> None:
+        js = self.broker.config.connection_state.stream
+        await ensure_streams(js, self.settings.stream_settings())
+        await ensure_consumer(js, self.settings)
+
+    async def _on_reconnected(self) -> None:
+        # A server that came back without its store has no streams: set them up again.
+        self._spawn(self._until_done("setting up the streams again", self._prepare_bus))
+
+    async def _watch_backlog(self) -> None:
+        while True:
+            with suppress(nats.errors.Error, TimeoutError, IncorrectState):
+                js = self.broker.config.connection_state.stream
+                info = await js.consumer_info(EVENTS_STREAM, AGGREGATOR_DURABLE)
+                self.metrics.backlog.set(info.num_pending or 0)
+            await asyncio.sleep(self.settings.backlog_interval_seconds)
+
+
+def create_app(
+    settings: AggregatorSettings | None = None, *, clock: Clock | None = None
+) -> FastAPI:
+    """The aggregator's FastAPI app; ``clock`` (aware ``now``) is for tests."""
+    settings = settings or AggregatorSettings()
+    catalogue = load_catalogue(settings.catalogue)
+    clock = clock or utc_now
+    aggregator = Aggregator(settings=settings, catalogue=catalogue, clock=clock)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await aggregator.start()
+        try:
+            yield
+        finally:
+            await aggregator.stop()
+
+    app = FastAPI(
+        title="COTN aggregator",
+        summary="The programme board, KPIs and audit trail of the COTN delivery monitor",
+        lifespan=lifespan,
+    )
+    app.state.aggregator = aggregator
+    app.include_router(
+        build_read_router(
+            catalogue=catalogue, sessions=aggregator.readers, clock=clock, ready=aggregator.ready
+        )
+    )
+    app.include_router(
+        build_metrics_router(
+            catalogue=catalogue,
+            sessions=aggregator.readers,
+            clock=clock,
+            registry=aggregator.registry,
+        )
+    )
+    return app

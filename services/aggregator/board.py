@@ -1,0 +1,264 @@
+"""The programme board: response models and the pure mapping from a health snapshot to them.
+
+:func:`shared.health.programme_health` rates the programme; this module only reshapes its
+answer (plus the catalogue's titles, partners and texts) into what the read API returns,
+what ``/metrics`` exports and what ``cotn status`` prints, so the three cannot disagree.
+Nothing here reads a database or a clock. Notes reported in events are carried as plain
+strings and never interpreted.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.catalogue import Catalogue, Kpi, Proposal
+from shared.events import MILESTONE_STATUSES, MilestoneStatus
+from shared.health import (
+    RAG_VALUE,
+    KpiHealth,
+    MilestoneHealth,
+    ProgrammeHealth,
+    ProposalHealth,
+    Rag,
+    Reason,
+)
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class PointOut(_Out):
+    value: float
+    date: date
+
+
+class ReasonOut(_Out):
+    """One rule that coloured a proposal, and what it was about."""
+
+    rule: str = Field(
+        description="milestone_blocked, milestone_overdue_beyond_grace, stalled (red); "
+        "milestone_at_risk, milestone_overdue, kpi_off_trajectory, progress_ageing (amber)"
+    )
+    rag: Rag
+    detail: str
+    milestone: str | None = Field(description="The milestone the rule is about, if any")
+    kpi: str | None = Field(description="The KPI the rule is about, if any")
+    since: datetime | None = Field(description="When the condition started, where known")
+
+
+class MilestoneOut(_Out):
+    id: str
+    title: str
+    due: date
+    status: MilestoneStatus = Field(description="not_started until a partner reports")
+    overdue: bool = Field(description="The due date has passed and it is not completed")
+    overdue_beyond_grace: bool
+    updated_at: datetime | None = Field(description="Event time of the status shown")
+    source: str | None = Field(description="Authority that reported the status shown")
+    note: str | None = Field(description="The reporter's note, as sent (plain text)")
+
+
+class ProposalOut(_Out):
+    """A proposal (or gamechanger) on the board."""
+
+    id: str
+    kind: Literal["proposal", "gamechanger"]
+    title: str
+    column: str
+    priority: int | None
+    partners: list[str] = Field(description="Authorities and bodies that may report on it")
+    rag: Rag
+    reasons: list[ReasonOut] = Field(description="Every rule that coloured it; empty if green")
+    stalled: bool
+    last_progress: datetime = Field(
+        description="Newest milestone event time, or the programme start before any event"
+    )
+    has_progress: bool = Field(description="False while no milestone event has been stored")
+    stall_threshold_seconds: float
+    dates_are_draft: bool
+    milestone_counts: dict[MilestoneStatus, int] = Field(
+        description="Milestones in each status, every status present"
+    )
+    unfinished_milestones: int
+    overdue: list[str] = Field(description="Ids of overdue milestones, in catalogue order")
+    milestones: list[MilestoneOut]
+
+
+class KpiOut(_Out):
+    id: str
+    title: str
+    unit: str
+    direction: Literal["up", "down"] = Field(description="Which way is good")
+    shape: Literal["linear", "compound"]
+    tolerance: float = Field(description="Relative slack before the KPI is off trajectory")
+    baseline: PointOut
+    target: PointOut
+    target_is_draft: bool
+    actual: float | None = Field(description="Value of the latest reported period")
+    actual_period: str | None
+    reported_at: datetime | None = Field(description="Event time of the actual")
+    expected: float = Field(description="Trajectory value now")
+    expected_at_actual: float | None = Field(
+        description="Trajectory value at the actual's period end"
+    )
+    on_track: bool | None = Field(description="None until an actual is reported")
+    evidences: list[str] = Field(description="Proposals and gamechangers it evidences")
+
+
+class ProposalDetailOut(ProposalOut):
+    """One proposal with its text and the KPIs that evidence it."""
+
+    text: str
+    annex_text: str | None
+    kpis: list[KpiOut]
+
+
+class ColumnOut(_Out):
+    id: str
+    title: str
+    proposals: list[ProposalOut]
+
+
+class ProgrammeOut(_Out):
+    """The whole board at ``generated_at``."""
+
+    name: str
+    status: str
+    generated_at: datetime
+    columns: list[ColumnOut]
+    kpis: list[KpiOut]
+
+
+class KpiListOut(_Out):
+    generated_at: datetime
+    kpis: list[KpiOut]
+
+
+def reason_view(reason: Reason) -> ReasonOut:
+    return ReasonOut(
+        rule=reason.rule,
+        rag=reason.rag,
+        detail=reason.detail,
+        milestone=reason.milestone,
+        kpi=reason.kpi,
+        since=reason.since,
+    )
+
+
+def milestone_view(m: MilestoneHealth) -> MilestoneOut:
+    return MilestoneOut(
+        id=m.id,
+        title=m.title,
+        due=m.due,
+        status=m.status,
+        overdue=m.overdue,
+        overdue_beyond_grace=m.overdue_beyond_grace,
+        updated_at=m.updated_at,
+        source=m.source,
+        note=m.note,
+    )
+
+
+def milestone_counts(health: ProposalHealth) -> dict[str, int]:
+    """Milestones per status with every status present, so a zero is a zero, not a gap."""
+    counts = dict.fromkeys(MILESTONE_STATUSES, 0)
+    counts.update(health.milestone_counts)
+    return counts
+
+
+def proposal_view(proposal: Proposal, health: ProposalHealth) -> ProposalOut:
+    """One proposal's board entry from its catalogue entry and its health."""
+    counts = milestone_counts(health)
+    return ProposalOut(
+        id=proposal.id,
+        kind=proposal.kind,
+        title=proposal.title,
+        column=health.column,
+        priority=proposal.priority,
+        partners=list(proposal.partners),
+        rag=health.rag,
+        reasons=[reason_view(r) for r in health.reasons],
+        stalled=health.stalled,
+        last_progress=health.last_progress,
+        has_progress=health.has_progress,
+        stall_threshold_seconds=health.stall_threshold.total_seconds(),
+        dates_are_draft=proposal.dates_are_draft,
+        milestone_counts=counts,
+        unfinished_milestones=len(health.milestones) - counts["completed"],
+        overdue=health.overdue,
+        milestones=[milestone_view(m) for m in health.milestones],
+    )
+
+
+def kpi_view(kpi: Kpi, health: KpiHealth) -> KpiOut:
+    return KpiOut(
+        id=kpi.id,
+        title=kpi.title,
+        unit=kpi.unit,
+        direction=kpi.direction,
+        shape=kpi.shape,
+        tolerance=kpi.tolerance,
+        baseline=PointOut(value=health.baseline, date=health.baseline_date),
+        target=PointOut(value=health.target, date=health.target_date),
+        target_is_draft=kpi.target_is_draft,
+        actual=health.actual,
+        actual_period=health.actual_period,
+        reported_at=health.reported_at,
+        expected=health.expected_now,
+        expected_at_actual=health.expected_at_actual,
+        on_track=health.on_track,
+        evidences=list(kpi.evidences),
+    )
+
+
+def kpi_views(catalogue: Catalogue, health: ProgrammeHealth) -> list[KpiOut]:
+    """Every KPI in catalogue order."""
+    return [kpi_view(k, health.kpis[k.id]) for k in catalogue.kpis]
+
+
+def programme_view(catalogue: Catalogue, health: ProgrammeHealth) -> ProgrammeOut:
+    """The whole board: columns in catalogue order, each with its proposals, then the KPIs."""
+    columns = [
+        ColumnOut(
+            id=c.id,
+            title=c.title,
+            proposals=[
+                proposal_view(p, health.proposals[p.id]) for p in catalogue.proposals_of(c.id)
+            ],
+        )
+        for c in catalogue.columns
+    ]
+    return ProgrammeOut(
+        name=catalogue.programme,
+        status=catalogue.status,
+        generated_at=health.at,
+        columns=columns,
+        kpis=kpi_views(catalogue, health),
+    )
+
+
+def proposal_detail(
+    catalogue: Catalogue, health: ProgrammeHealth, proposal_id: str
+) -> ProposalDetailOut | None:
+    """One proposal with its text and evidencing KPIs; None if the catalogue has no such id."""
+    proposal = catalogue.proposal_by_id.get(proposal_id)
+    if proposal is None:
+        return None
+    base = proposal_view(proposal, health.proposals[proposal.id])
+    kpis = [kpi_view(k, health.kpis[k.id]) for k in catalogue.kpis if proposal.id in k.evidences]
+    return ProposalDetailOut(
+        **dict(base), text=proposal.text, annex_text=proposal.annex_text, kpis=kpis
+    )
+
+
+def kpi_list(catalogue: Catalogue, health: ProgrammeHealth) -> KpiListOut:
+    return KpiListOut(generated_at=health.at, kpis=kpi_views(catalogue, health))
+
+
+def rag_value(rag: str) -> int:
+    """0 green, 1 amber, 2 red: the number dashboards and alerts compare."""
+    return RAG_VALUE[rag]

@@ -1,0 +1,169 @@
+"""The aggregator's tables: the append-only event log, its projections and its side records.
+
+``event`` is the record: every accepted event once, unique on (source, event_id). The
+projections (``milestone_state``, ``kpi_observation``) hold, per key, the newest event by
+(event time, stream sequence) and can be rebuilt from ``event`` (see ``replay``).
+``proposal_status`` is the last health the aggregator published per proposal.
+``event_conflict`` and ``dead_letter`` keep what could not be stored as an event.
+
+Timestamps are timezone-aware: stored in UTC and read back with ``tzinfo=UTC`` on every
+backend (SQLite keeps no zone, so :class:`UtcDateTime` restores it).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, SQLModel
+
+
+class UtcDateTime(sa.types.TypeDecorator[datetime]):
+    """A timezone-aware timestamp, stored in UTC; a naive value is refused, not guessed."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: timestamps must be timezone-aware")
+        value = value.astimezone(UTC)
+        # SQLite stores text; without the offset every value compares in one format.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+JsonDocument = sa.JSON().with_variant(JSONB(), "postgresql")
+Id = 64
+"""Longest catalogue or authority id (catalogue ids are at most 63 characters)."""
+
+
+def _utc(**kwargs: Any) -> Any:
+    return Field(sa_type=UtcDateTime, **kwargs)
+
+
+class EventBase(SQLModel):
+    """What every stored event shows, in the table and in the API."""
+
+    source: str = Field(max_length=Id, description="The sending authority's id")
+    type: str = Field(max_length=Id, description="CloudEvents type")
+    column: str = Field(max_length=Id, description="Delivery column of the event's subject")
+    proposal: str = Field(max_length=Id, description="Proposal the event is filed under")
+    event_time: datetime = _utc(description="The event's own time (CloudEvents time)")
+    received_at: datetime = _utc(description="When JetStream stored the event")
+    stream_seq: int = Field(sa_type=sa.BigInteger, description="Sequence in the events stream")
+    data: dict[str, Any] = Field(sa_type=JsonDocument, description="The event's data")
+
+
+class Event(EventBase, table=True):
+    """The append-only record of accepted events."""
+
+    __tablename__ = "event"
+    __table_args__ = (
+        sa.Index("ix_event_stream_seq", "stream_seq"),
+        sa.Index("ix_event_proposal_stream_seq", "proposal", "stream_seq"),
+    )
+
+    source: str = Field(primary_key=True, max_length=Id)
+    event_id: str = Field(primary_key=True, max_length=256)
+    milestone: str | None = Field(default=None, max_length=Id)
+    kpi: str | None = Field(default=None, max_length=Id)
+    digest: str = Field(max_length=64, description="SHA-256 of the canonical event")
+
+
+class EventPublic(EventBase):
+    """One event of the audit trail as the read API returns it."""
+
+    id: str = Field(description="The event's id, unique per source")
+
+
+class MilestoneStateRow(SQLModel, table=True):
+    """The newest status of each milestone, by (event time, stream sequence)."""
+
+    __tablename__ = "milestone_state"
+
+    proposal: str = Field(primary_key=True, max_length=Id)
+    milestone: str = Field(primary_key=True, max_length=Id)
+    status: str = Field(max_length=32)
+    event_time: datetime = _utc()
+    stream_seq: int = Field(sa_type=sa.BigInteger)
+    source: str = Field(max_length=Id)
+    event_id: str = Field(max_length=256)
+    note: str | None = Field(default=None, sa_type=sa.Text)
+
+
+class KpiObservationRow(SQLModel, table=True):
+    """The newest report of each KPI for each period, by (event time, stream sequence)."""
+
+    __tablename__ = "kpi_observation"
+
+    kpi: str = Field(primary_key=True, max_length=Id)
+    period: str = Field(primary_key=True, max_length=16)
+    value: float
+    event_time: datetime = _utc()
+    stream_seq: int = Field(sa_type=sa.BigInteger)
+    source: str = Field(max_length=Id)
+    event_id: str = Field(max_length=256)
+
+
+class ProposalStatus(SQLModel, table=True):
+    """The health last published for each proposal; ``version`` counts its changes."""
+
+    __tablename__ = "proposal_status"
+
+    proposal: str = Field(primary_key=True, max_length=Id)
+    column: str = Field(max_length=Id)
+    rag: str | None = Field(default=None, max_length=8)
+    stalled: bool | None = None
+    reasons: list[dict[str, Any]] = Field(default_factory=list, sa_type=JsonDocument)
+    changed_at: datetime = _utc()
+    version: int = 0
+
+
+class EventConflict(SQLModel, table=True):
+    """An event whose (source, id) was already stored with a different payload."""
+
+    __tablename__ = "event_conflict"
+    __table_args__ = (
+        sa.UniqueConstraint("source", "event_id", "digest", name="uq_event_conflict_payload"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    source: str = Field(max_length=Id)
+    event_id: str = Field(max_length=256)
+    digest: str = Field(max_length=64)
+    stream_seq: int = Field(sa_type=sa.BigInteger)
+    first_stream_seq: int = Field(
+        sa_type=sa.BigInteger, description="Stream sequence of the event that was kept"
+    )
+    type: str = Field(max_length=Id)
+    event_time: datetime = _utc()
+    data: dict[str, Any] = Field(sa_type=JsonDocument)
+    received_at: datetime = _utc()
+    recorded_at: datetime = _utc()
+
+
+class DeadLetter(SQLModel, table=True):
+    """A message that can never be stored as an event, kept as it arrived."""
+
+    __tablename__ = "dead_letter"
+    __table_args__ = (sa.UniqueConstraint("stream_seq", "digest", name="uq_dead_letter_message"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    reason: str = Field(max_length=32)
+    detail: str = Field(sa_type=sa.Text)
+    stream_seq: int = Field(sa_type=sa.BigInteger)
+    subject: str = Field(sa_type=sa.Text)
+    payload: bytes = Field(sa_type=sa.LargeBinary)
+    headers: dict[str, str] = Field(default_factory=dict, sa_type=JsonDocument)
+    digest: str = Field(max_length=64, description="SHA-256 of the raw payload")
+    received_at: datetime = _utc(description="When JetStream stored the message")
+    recorded_at: datetime = _utc()

@@ -1,0 +1,67 @@
+"""The aggregator's operational metrics, in the registry the app passes to ``/metrics``.
+
+Programme metrics come from stored state (``metrics.py``); these count what this process
+did, so each replica reports its own share.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from shared.events import EVENT_TYPES
+
+DEAD_LETTER_REASONS = (
+    "invalid_json",
+    "invalid_event",
+    "bad_subject",
+    "unknown_proposal",
+    "unknown_milestone",
+    "unknown_kpi",
+    "unstorable",
+)
+BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class OperationalMetrics:
+    """Counters of stored events, conflicts and dead letters; the backlog; batch timing."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.persisted = Counter(
+            "cotn_events_persisted",
+            "Events stored for the first time, by CloudEvents type",
+            ["type"],
+            registry=registry,
+        )
+        self.duplicates = Counter(
+            "cotn_event_duplicates",
+            "Messages whose event was already stored with the same payload (redeliveries, resends)",
+            registry=registry,
+        )
+        self.conflicts = Counter(
+            "cotn_event_conflicts",
+            "Events whose (source, id) was already stored with a different payload",
+            registry=registry,
+        )
+        self.dead_letters = Counter(
+            "cotn_dead_letters",
+            "Messages that can never be stored, by reason (kept in dead_letter, sent to cotn.dlq)",
+            ["reason"],
+            registry=registry,
+        )
+        self.backlog = Gauge(
+            "cotn_consumer_backlog",
+            "Messages of the events stream not yet delivered to the aggregator's consumer",
+            registry=registry,
+        )
+        self.batch_seconds = Histogram(
+            "cotn_consumer_batch_seconds",
+            "Time to store one batch and acknowledge it",
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        # Every series exists from the start, so rates and alerts see a 0, not no data.
+        for event_type in EVENT_TYPES:
+            self.persisted.labels(event_type)
+        for reason in DEAD_LETTER_REASONS:
+            self.dead_letters.labels(reason)

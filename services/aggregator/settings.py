@@ -1,0 +1,93 @@
+"""Settings of the aggregator: read from ``COTN_AGGREGATOR_*``; the defaults run on one machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Self
+
+from pydantic import Field, NatsDsn, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.bus import StreamSettings
+
+
+def async_database_url(url: str) -> str:
+    """The URL with its async driver: ``postgresql://`` -> asyncpg, ``sqlite://`` -> aiosqlite."""
+    for plain, driver in (
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("postgres://", "postgresql+asyncpg://"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+    ):
+        if url.startswith(plain):
+            return driver + url.removeprefix(plain)
+    return url
+
+
+class AggregatorSettings(BaseSettings):
+    """How the aggregator consumes, stores and serves."""
+
+    model_config = SettingsConfigDict(env_prefix="COTN_AGGREGATOR_", frozen=True, extra="ignore")
+
+    database_url: str = Field(
+        default="sqlite+aiosqlite:///./.cotn/cotn.db",
+        description="SQLAlchemy URL: SQLite (aiosqlite) embedded, PostgreSQL (asyncpg) deployed",
+    )
+    nats_url: NatsDsn = NatsDsn("nats://127.0.0.1:4222")
+    catalogue: Path | None = Field(
+        default=None, description="Catalogue file; None uses $COTN_CATALOGUE or the shipped one"
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+
+    batch_size: int = Field(default=500, ge=1, description="Messages per pull and transaction")
+    batch_timeout_seconds: float = Field(
+        default=0.2, gt=0, description="Longest wait to fill a batch: the latency of a quiet stream"
+    )
+    ack_wait_seconds: float = Field(
+        default=30.0, gt=0, description="Redelivery of a message not acknowledged by then"
+    )
+    max_ack_pending: int = Field(
+        default=2000, ge=1, description="Unacknowledged messages the consumer may hold at once"
+    )
+    retry_delay_min_seconds: float = Field(default=1.0, gt=0)
+    retry_delay_max_seconds: float = Field(default=5.0, gt=0)
+    status_interval_seconds: float = Field(
+        default=30.0, gt=0, description="How often health is re-rated for time-driven changes"
+    )
+    status_min_gap_seconds: float = Field(
+        default=1.0, ge=0, description="Least time between two passes, however busy the stream"
+    )
+    backlog_interval_seconds: float = Field(default=5.0, gt=0)
+    graceful_timeout_seconds: float = Field(
+        default=15.0, gt=0, description="Time a batch in progress may take to finish on shutdown"
+    )
+    sqlite_busy_timeout_ms: int = Field(default=5000, ge=0)
+    migrate_on_start: bool = Field(default=True, description="Run the migrations at start-up")
+
+    stream_replicas: int = Field(default=1, ge=1, le=5)
+    duplicate_window_seconds: float = Field(default=120.0, gt=0)
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: str) -> str:
+        return async_database_url(value)
+
+    @model_validator(mode="after")
+    def _room_for_batches(self) -> Self:
+        # Two batches in flight (one being stored, one being redelivered after a nak) must
+        # fit, or the server silently caps each fetch below batch_size.
+        if self.max_ack_pending < 2 * self.batch_size:
+            raise ValueError(
+                f"max_ack_pending ({self.max_ack_pending}) must be at least twice "
+                f"batch_size ({self.batch_size})"
+            )
+        if self.retry_delay_max_seconds < self.retry_delay_min_seconds:
+            raise ValueError("retry_delay_max_seconds must not be below retry_delay_min_seconds")
+        return self
+
+    def stream_settings(self) -> StreamSettings:
+        """How the aggregator creates or updates the project's streams at start-up."""
+        return StreamSettings(
+            replicas=self.stream_replicas,
+            duplicate_window_seconds=self.duplicate_window_seconds,
+        )

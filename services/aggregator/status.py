@@ -1,0 +1,213 @@
+"""Status events: a proposal's health, published on ``cotn.status.<column>.<proposal>`` when
+its RAG or stalled state changes.
+
+After each batch that stored something, and every ``status_interval`` for changes that
+time alone brings (a stall, an overdue milestone), the programme is rated with
+:func:`shared.health.programme_health`. A proposal whose (rag, stalled) differs from its
+``proposal_status`` row gets one status event. The row decides, so two replicas publish a
+change once: in one transaction per change, the UPDATE ... WHERE (rag, stalled) differ
+either matches (this replica publishes, then commits) or not (another one did). A publish
+that fails rolls the change back, to be published on the next pass; its ``Nats-Msg-Id``
+(proposal and version) keeps a retry after a lost commit from publishing it twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from datetime import datetime
+from typing import Any, Final, Literal
+
+from faststream.nats import JStream, NatsRouter
+from faststream.nats.publisher.usecase import LogicPublisher
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from services.aggregator.store import load_state, proposal_statuses, record_status_change
+from shared.bus import CONTENT_TYPE, MSG_ID_HEADER, STATUS_STREAM, msg_id, status_subject
+from shared.catalogue import Catalogue
+from shared.health import ProposalHealth, Rag, programme_health
+
+log = logging.getLogger("cotn.aggregator.status")
+
+STATUS_TYPE: Final = "org.cotn.status.v1"
+STATUS_SOURCE: Final = "cotn-aggregator"
+PUBLISH_TIMEOUT = 5.0
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class StatusReason(_Frozen):
+    """One rule that coloured the proposal (see shared.health)."""
+
+    rule: str
+    rag: Rag
+    detail: str
+    milestone: str | None = None
+    kpi: str | None = None
+    since: AwareDatetime | None = None
+
+
+class StatusData(_Frozen):
+    column: str
+    proposal: str
+    rag: Rag
+    stalled: bool
+    previous_rag: Rag | None = Field(description="None for the first status published")
+    previous_stalled: bool | None
+    version: int = Field(description="Counts the proposal's changes, from 1")
+    last_progress: AwareDatetime = Field(description="Newest milestone event, or programme start")
+    reasons: list[StatusReason]
+
+
+class StatusEvent(_Frozen):
+    """A proposal's new health, as a CloudEvent."""
+
+    specversion: Literal["1.0"] = "1.0"
+    id: str
+    source: Literal["cotn-aggregator"] = STATUS_SOURCE
+    type: Literal["org.cotn.status.v1"] = STATUS_TYPE
+    time: AwareDatetime
+    datacontenttype: Literal["application/json"] = "application/json"
+    data: StatusData
+
+
+PublishStatus = Callable[[StatusEvent], Awaitable[None]]
+
+
+def status_publisher(router: NatsRouter) -> LogicPublisher:
+    """Declare the status events on ``router`` (so the AsyncAPI document shows them)."""
+    return router.publisher(
+        "cotn.status.{column}.{proposal}",
+        stream=JStream(STATUS_STREAM, declare=False),
+        schema=StatusEvent,
+        title="cotn.status",
+        description="A proposal's RAG or stalled state changed",
+    )
+
+
+async def publish_status(publisher: LogicPublisher, event: StatusEvent) -> None:
+    """Publish one status event with JetStream's acknowledgement."""
+    await publisher.publish(
+        event.model_dump_json().encode(),
+        subject=status_subject(event.data.column, event.data.proposal),
+        headers={MSG_ID_HEADER: msg_id(event.source, event.id), "content-type": CONTENT_TYPE},
+        timeout=PUBLISH_TIMEOUT,
+    )
+
+
+def reasons_of(health: ProposalHealth) -> list[StatusReason]:
+    return [StatusReason(**dataclasses.asdict(r)) for r in health.reasons]
+
+
+def status_event(
+    health: ProposalHealth, previous: tuple[str | None, bool | None], version: int, now: datetime
+) -> StatusEvent:
+    """The status event of one change of ``health``."""
+    previous_rag, previous_stalled = previous
+    return StatusEvent(
+        id=f"{health.id}:{version}",
+        time=now,
+        data=StatusData(
+            column=health.column,
+            proposal=health.id,
+            rag=health.rag,
+            stalled=health.stalled,
+            previous_rag=previous_rag,
+            previous_stalled=previous_stalled,
+            version=version,
+            last_progress=health.last_progress,
+            reasons=reasons_of(health),
+        ),
+    )
+
+
+class StatusPublisher:
+    """Rates the programme and publishes each proposal's changes once."""
+
+    def __init__(
+        self,
+        *,
+        catalogue: Catalogue,
+        readers: async_sessionmaker[Any],
+        writers: async_sessionmaker[Any],
+        clock: Callable[[], datetime],
+        publish: PublishStatus,
+        interval: float,
+        min_gap: float = 0.0,
+    ) -> None:
+        self._catalogue = catalogue
+        self._readers = readers
+        self._writers = writers
+        self._clock = clock
+        self._publish = publish
+        self._interval = interval
+        self._min_gap = min(min_gap, interval)
+        self._wake = asyncio.Event()
+        self._stopped = asyncio.Event()
+
+    def poke(self) -> None:
+        """Ask for a pass soon (after a batch stored something)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """End :meth:`run` once the pass in progress is done."""
+        # Cancelling a pass mid-write could strand its connection, and SQLite's write lock.
+        self._stopped.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Pass after each poke (at most one per ``min_gap``) and every ``interval``."""
+        while not self._stopped.is_set():
+            try:
+                await self.publish_changes()
+            except Exception as exc:  # the next pass tries again; the rows tell what is published
+                log.warning("status pass failed (%s: %s)", type(exc).__name__, exc)
+            # A busy stream pokes after every batch: one pass per min_gap is enough.
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), timeout=self._min_gap)
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self._interval - self._min_gap)
+            self._wake.clear()
+
+    async def publish_changes(self) -> list[StatusEvent]:
+        """Publish a status event for each proposal whose (rag, stalled) changed."""
+        now = self._clock()
+        async with self._readers() as session:
+            state = await load_state(session=session)
+            published = await proposal_statuses(session=session)
+        health = programme_health(self._catalogue, state, now)
+        sent = []
+        for proposal in health.proposals.values():
+            previous = published.get(proposal.id, (None, None))
+            if previous != (proposal.rag, proposal.stalled):
+                event = await self._publish_change(proposal, previous, now)
+                if event is not None:
+                    sent.append(event)
+        return sent
+
+    async def _publish_change(
+        self, health: ProposalHealth, previous: tuple[str | None, bool | None], now: datetime
+    ) -> StatusEvent | None:
+        async with self._writers() as session, session.begin():
+            version = await record_status_change(
+                session=session,
+                proposal=health.id,
+                column=health.column,
+                rag=health.rag,
+                stalled=health.stalled,
+                reasons=[r.model_dump(mode="json") for r in reasons_of(health)],
+                changed_at=now,
+            )
+            if version is None:
+                return None  # another replica published this change
+            event = status_event(health, previous, version, now)
+            # Inside the transaction: a failed publish rolls the change back for the next pass.
+            await self._publish(event)
+        log.info("status %s: %s%s", health.id, health.rag, " (stalled)" if health.stalled else "")
+        return event

@@ -1,0 +1,382 @@
+"""Repository functions: store a batch of events, read the state, the audit trail, the status.
+
+Writes are set-wise core statements, never an ORM object per event: one insert-or-ignore
+for the batch's events, then one upsert per projection whose WHERE keeps the newest row by
+(event time, stream sequence), so a late backfill, a redelivery or a second replica never
+overwrites a newer status. Only events inserted by this batch move the projections. The
+caller owns the transaction: it commits, then acknowledges the messages.
+
+Every function takes keyword arguments only and leaves committing to the caller.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import SQLModel, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from services.aggregator.models import (
+    DeadLetter,
+    Event,
+    EventBase,
+    EventConflict,
+    EventPublic,
+    KpiObservationRow,
+    MilestoneStateRow,
+    ProposalStatus,
+)
+from shared.health import KpiObservation, MilestoneState, ProgrammeState
+
+
+def _table(model: type[SQLModel]) -> sa.Table:
+    """The core table of a SQLModel table class (statements here are core, not ORM)."""
+    return model.__table__  # type: ignore[attr-defined]
+
+
+EVENT = _table(Event)
+CONFLICT = _table(EventConflict)
+DEAD_LETTER = _table(DeadLetter)
+MILESTONE_STATE = _table(MilestoneStateRow)
+KPI_OBSERVATION = _table(KpiObservationRow)
+PROPOSAL_STATUS = _table(ProposalStatus)
+
+PUBLIC_COLUMNS = [*(EVENT.c[name] for name in EventBase.model_fields), EVENT.c.event_id.label("id")]
+MILESTONE_KEY = ("proposal", "milestone")
+KPI_KEY = ("kpi", "period")
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """A decoded event ready to store: its ``event`` row and the projection row it makes."""
+
+    row: dict[str, Any]
+    kind: str
+    projection: dict[str, Any]
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.row["source"], self.row["event_id"])
+
+
+@dataclass
+class BatchOutcome:
+    """What one stored batch changed."""
+
+    persisted: Counter[str] = field(default_factory=Counter)
+    duplicates: int = 0
+    conflicts: int = 0
+    dead_letters: Counter[str] = field(default_factory=Counter)
+
+    def merge(self, other: BatchOutcome) -> None:
+        self.persisted += other.persisted
+        self.duplicates += other.duplicates
+        self.conflicts += other.conflicts
+        self.dead_letters += other.dead_letters
+
+
+def _insert(session: AsyncSession, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
+    """The dialect's INSERT, which has ON CONFLICT (PostgreSQL and SQLite spell it alike)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+async def _core(
+    session: AsyncSession, statement: sa.Executable, rows: Sequence[dict[str, Any]] | None = None
+) -> sa.CursorResult[Any]:
+    """Run a core statement (``rows``: many parameter sets) in the session's transaction."""
+    connection = await session.connection()
+    return await connection.execute(statement, rows)
+
+
+async def store_batch(
+    *,
+    session: AsyncSession,
+    events: Sequence[NewEvent],
+    dead_letters: Sequence[dict[str, Any]] = (),
+    recorded_at: datetime,
+) -> BatchOutcome:
+    """Store a batch: events once each, conflicts and dead letters aside, projections moved."""
+    outcome = BatchOutcome()
+    if dead_letters:
+        outcome.dead_letters = await _insert_dead_letters(session, dead_letters)
+    if not events:
+        return outcome
+    first = _first_of_each_key(events)
+    inserted = await _insert_events(session, first.values())
+    fresh = [first[key] for key in sorted(inserted)]
+    outcome.persisted = Counter(e.row["type"] for e in fresh)
+    repeats = [e for e in events if e.key not in inserted or first[e.key] is not e]
+    if repeats:
+        outcome.duplicates, outcome.conflicts = await _record_repeats(session, repeats, recorded_at)
+    await _project(session, fresh)
+    return outcome
+
+
+def _first_of_each_key(events: Iterable[NewEvent]) -> dict[tuple[str, str], NewEvent]:
+    first: dict[tuple[str, str], NewEvent] = {}
+    for e in events:
+        first.setdefault(e.key, e)
+    return first
+
+
+async def _insert_events(session: AsyncSession, events: Iterable[NewEvent]) -> set[tuple[str, str]]:
+    # Sorted keys give concurrent replicas one lock order, so they wait rather than deadlock.
+    rows = [e.row for e in sorted(events, key=lambda e: e.key)]
+    stmt = (
+        _insert(session, EVENT)
+        .on_conflict_do_nothing(index_elements=["source", "event_id"])
+        .returning(EVENT.c.source, EVENT.c.event_id)
+    )
+    result = await _core(session, stmt, rows)
+    return {(row.source, row.event_id) for row in result}
+
+
+async def _record_repeats(
+    session: AsyncSession, repeats: Sequence[NewEvent], recorded_at: datetime
+) -> tuple[int, int]:
+    """Split events already stored into duplicates and conflicts; record new conflicts."""
+    keys = sorted({e.key for e in repeats})
+    stored = {
+        (row.source, row.event_id): row
+        for row in await _core(
+            session,
+            sa.select(EVENT.c.source, EVENT.c.event_id, EVENT.c.digest, EVENT.c.stream_seq).where(
+                sa.tuple_(EVENT.c.source, EVENT.c.event_id).in_(keys)
+            ),
+        )
+    }
+    conflicts = [
+        _conflict_row(e, stored[e.key].stream_seq, recorded_at)
+        for e in repeats
+        if stored[e.key].digest != e.row["digest"]
+    ]
+    recorded = 0
+    if conflicts:
+        stmt = (
+            _insert(session, CONFLICT)
+            .on_conflict_do_nothing(index_elements=["source", "event_id", "digest"])
+            .returning(CONFLICT.c.id)
+        )
+        recorded = len((await _core(session, stmt, conflicts)).all())
+    return len(repeats) - len(conflicts), recorded
+
+
+def _conflict_row(event: NewEvent, first_stream_seq: int, recorded_at: datetime) -> dict[str, Any]:
+    row = event.row
+    return {
+        "source": row["source"],
+        "event_id": row["event_id"],
+        "digest": row["digest"],
+        "stream_seq": row["stream_seq"],
+        "first_stream_seq": first_stream_seq,
+        "type": row["type"],
+        "event_time": row["event_time"],
+        "data": row["data"],
+        "received_at": row["received_at"],
+        "recorded_at": recorded_at,
+    }
+
+
+async def _insert_dead_letters(
+    session: AsyncSession, rows: Sequence[dict[str, Any]]
+) -> Counter[str]:
+    stmt = (
+        _insert(session, DEAD_LETTER)
+        .on_conflict_do_nothing(index_elements=["stream_seq", "digest"])
+        .returning(DEAD_LETTER.c.reason)
+    )
+    return Counter(reason for (reason,) in await _core(session, stmt, rows))
+
+
+def _newest_per_key(rows: Iterable[dict[str, Any]], key: tuple[str, ...]) -> list[dict[str, Any]]:
+    """One row per key, the newest by (event time, stream sequence), in key order."""
+    newest: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in rows:
+        k = tuple(row[c] for c in key)
+        kept = newest.get(k)
+        if kept is None or (row["event_time"], row["stream_seq"]) > (
+            kept["event_time"],
+            kept["stream_seq"],
+        ):
+            newest[k] = row
+    return [newest[k] for k in sorted(newest)]
+
+
+async def _project(session: AsyncSession, fresh: Sequence[NewEvent]) -> None:
+    for table, kind, key in (
+        (MILESTONE_STATE, "milestone", MILESTONE_KEY),
+        (KPI_OBSERVATION, "kpi", KPI_KEY),
+    ):
+        rows = _newest_per_key((e.projection for e in fresh if e.kind == kind), key)
+        if rows:
+            await _core(session, _upsert_newest(session, table, key), rows)
+
+
+def _upsert_newest(session: AsyncSession, table: sa.Table, key: tuple[str, ...]) -> sa.Executable:
+    """Insert a projection row, or replace the stored one only if the new one is newer."""
+    stmt = _insert(session, table)
+    newer = sa.tuple_(stmt.excluded.event_time, stmt.excluded.stream_seq) > sa.tuple_(
+        table.c.event_time, table.c.stream_seq
+    )
+    return stmt.on_conflict_do_update(
+        index_elements=list(key),
+        set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in key},
+        where=newer,
+    )
+
+
+async def load_state(*, session: AsyncSession) -> ProgrammeState:
+    """Every milestone state and KPI observation the projections hold."""
+    milestones = {
+        (r.proposal, r.milestone): MilestoneState(
+            proposal=r.proposal,
+            milestone=r.milestone,
+            status=r.status,
+            event_time=r.event_time,
+            source=r.source,
+            event_id=r.event_id,
+            note=r.note,
+        )
+        for r in await session.exec(select(MilestoneStateRow))
+    }
+    observations: dict[str, list[KpiObservation]] = defaultdict(list)
+    for r in await session.exec(
+        select(KpiObservationRow).order_by(KpiObservationRow.kpi, KpiObservationRow.period)
+    ):
+        observations[r.kpi].append(
+            KpiObservation(
+                kpi=r.kpi,
+                period=r.period,
+                value=r.value,
+                event_time=r.event_time,
+                source=r.source,
+            )
+        )
+    return ProgrammeState(milestones=milestones, kpi_observations=dict(observations))
+
+
+def encode_cursor(event: EventPublic) -> str:
+    """An opaque cursor after ``event`` in the audit trail's order."""
+    position = [event.stream_seq, event.source, event.id]
+    return base64.urlsafe_b64encode(json.dumps(position).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, str, str]:
+    """The position a cursor stands for; ValueError if this module did not issue it."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        seq, source, event_id = json.loads(raw)
+    except (binascii.Error, UnicodeDecodeError, ValueError, TypeError):
+        raise ValueError("the cursor is not one this API issued") from None
+    if not (isinstance(seq, int) and isinstance(source, str) and isinstance(event_id, str)):
+        raise ValueError("the cursor is not one this API issued")
+    return seq, source, event_id
+
+
+async def list_events(
+    *,
+    session: AsyncSession,
+    proposal: str | None = None,
+    source: str | None = None,
+    type: str | None = None,
+    since: datetime | None = None,
+    cursor: str | None = None,
+    limit: int = 100,
+) -> tuple[list[EventPublic], str | None]:
+    """The audit trail in stream order, filtered; ``since`` compares the events' own time.
+
+    Returns one page and the cursor of the next page (None after the last).
+    """
+    order = (EVENT.c.stream_seq, EVENT.c.source, EVENT.c.event_id)
+    query = sa.select(*PUBLIC_COLUMNS).order_by(*order).limit(limit + 1)
+    for column, value in (
+        (EVENT.c.proposal, proposal),
+        (EVENT.c.source, source),
+        (EVENT.c.type, type),
+    ):
+        if value is not None:
+            query = query.where(column == value)
+    if since is not None:
+        query = query.where(EVENT.c.event_time >= since)
+    if cursor is not None:
+        query = query.where(sa.tuple_(*order) > sa.tuple_(*decode_cursor(cursor)))
+    rows = (await _core(session, query)).mappings().all()
+    page = [EventPublic(**row) for row in rows[:limit]]
+    next_cursor = encode_cursor(page[-1]) if len(rows) > limit else None
+    return page, next_cursor
+
+
+async def counts(*, session: AsyncSession) -> dict[str, int]:
+    """How many rows each table holds (for the CLI and the tests)."""
+    tables = {
+        "events": EVENT,
+        "milestone_states": MILESTONE_STATE,
+        "kpi_observations": KPI_OBSERVATION,
+        "conflicts": CONFLICT,
+        "dead_letters": DEAD_LETTER,
+    }
+    return {
+        name: (await _core(session, sa.select(sa.func.count()).select_from(table))).scalar_one()
+        for name, table in tables.items()
+    }
+
+
+async def proposal_statuses(*, session: AsyncSession) -> dict[str, tuple[str | None, bool | None]]:
+    """The (rag, stalled) last published for each proposal."""
+    rows = await _core(
+        session,
+        sa.select(PROPOSAL_STATUS.c.proposal, PROPOSAL_STATUS.c.rag, PROPOSAL_STATUS.c.stalled),
+    )
+    return {row.proposal: (row.rag, row.stalled) for row in rows}
+
+
+async def record_status_change(
+    *,
+    session: AsyncSession,
+    proposal: str,
+    column: str,
+    rag: str,
+    stalled: bool,
+    reasons: list[dict[str, Any]],
+    changed_at: datetime,
+) -> int | None:
+    """Make (rag, stalled) the proposal's status if it differs; the new version, else None.
+
+    The row decides between replicas: only the transaction whose UPDATE matched publishes.
+    """
+    await _core(
+        session,
+        _insert(session, PROPOSAL_STATUS)
+        .values(proposal=proposal, column=column, reasons=[], changed_at=changed_at, version=0)
+        .on_conflict_do_nothing(index_elements=["proposal"]),
+    )
+    table = PROPOSAL_STATUS
+    result = await _core(
+        session,
+        sa.update(table)
+        .where(
+            table.c.proposal == proposal,
+            sa.or_(table.c.rag.is_distinct_from(rag), table.c.stalled.is_distinct_from(stalled)),
+        )
+        .values(
+            column=column,
+            rag=rag,
+            stalled=stalled,
+            reasons=reasons,
+            changed_at=changed_at,
+            version=table.c.version + 1,
+        )
+        .returning(table.c.version),
+    )
+    return result.scalar_one_or_none()
