@@ -31,9 +31,9 @@ test: $(STAMP) ## Run the whole test suite (slow and fault tests included)
 
 .PHONY: lint
 lint: $(STAMP) ## ruff format check, ruff, mypy
-	$(BIN)/ruff format --check shared services tests
-	$(BIN)/ruff check shared services tests
-	$(BIN)/mypy shared services
+	$(BIN)/ruff format --check shared services dashboards tests bench
+	$(BIN)/ruff check shared services dashboards tests bench
+	$(BIN)/mypy shared services dashboards
 
 .PHONY: bench
 bench: $(STAMP) ## Measure throughput and latency against bare baselines

@@ -1,0 +1,282 @@
+"""``cotn status``: the programme board from the aggregator's read API, in the terminal.
+
+The board is read from ``GET /v1/programme`` as plain JSON (the HTTP contract), never by
+importing the aggregator. Every text that came from an event or the catalogue (notes,
+reasons, titles) is rendered as plain :class:`rich.text.Text`, so a ``[bold]`` in a note
+stays those characters and never becomes markup.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from services.cli.common import EXIT_BAD_INPUT, EXIT_UNAVAILABLE, fail
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+RAG_STYLE = {"green": "bold green", "amber": "bold yellow", "red": "bold red"}
+STATUS_LABELS = {
+    "completed": "done",
+    "in_progress": "in progress",
+    "at_risk": "at risk",
+    "blocked": "blocked",
+    "not_started": "to do",
+}
+"""Milestone statuses in the order the board lists their counts, with short labels."""
+
+Board = Mapping[str, Any]
+
+
+class BoardUnavailable(RuntimeError):
+    """The aggregator could not be asked, or did not answer with a board."""
+
+
+def register(parent: typer.Typer) -> None:
+    """Add ``cotn status`` to the ``cotn`` app."""
+    parent.command("status")(status)
+
+
+def programme_url(url: str) -> str:
+    return url.rstrip("/") + "/v1/programme"
+
+
+def fetch_board(url: str, timeout: float = 5.0) -> Board:
+    """GET the board from the aggregator at ``url``; one clear reason if that fails."""
+    endpoint = programme_url(url)
+    try:
+        response = httpx.get(endpoint, timeout=timeout)
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+        fail(f"invalid --url {url}: {exc}", EXIT_BAD_INPUT)
+    except httpx.TransportError as exc:
+        raise BoardUnavailable(f"cannot reach {endpoint}: {exc!s}") from exc
+    return board_of(response)
+
+
+def board_of(response: httpx.Response) -> Board:
+    """The board in a read-API answer, or why there is none."""
+    if response.status_code != 200:
+        raise BoardUnavailable(
+            f"{response.request.url} answered {response.status_code} {response.reason_phrase}"
+        )
+    try:
+        board = response.json()
+    except ValueError as exc:
+        raise BoardUnavailable(f"{response.request.url} did not answer with JSON") from exc
+    if not isinstance(board, dict) or "columns" not in board:
+        raise BoardUnavailable(f"{response.request.url} did not answer with a programme board")
+    return board
+
+
+def _number(value: float | None, unit: str = "") -> Text:
+    if value is None:
+        return Text("-", style="dim")
+    # Thousands keep every digit (118,700 jobs); small figures keep four significant ones.
+    shown = f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+    return Text(shown + (f" {unit}" if unit else ""))
+
+
+def _when(stamp: str | None) -> str:
+    if not stamp:
+        return "never"
+    return datetime.fromisoformat(stamp).strftime("%Y-%m-%d")
+
+
+def _counts(counts: Mapping[str, int]) -> Text:
+    ordered = [*STATUS_LABELS, *(s for s in counts if s not in STATUS_LABELS)]
+    parts = [f"{counts[s]} {STATUS_LABELS.get(s, s)}" for s in ordered if counts.get(s)]
+    return Text(", ".join(parts) or "-")
+
+
+def _reasons(proposal: Board, compact: bool) -> Text:
+    """Each rule with its detail, or (compact) each rule once, with what it is about."""
+    reasons = proposal.get("reasons", [])
+    text = Text()
+    if compact:
+        by_rule: dict[str, list[Board]] = {}
+        for reason in reasons:
+            by_rule.setdefault(reason["rule"], []).append(reason)
+        for i, (rule, same) in enumerate(by_rule.items()):
+            about = same[0].get("milestone") or same[0].get("kpi")
+            text.append(", " if i else "")
+            text.append(rule, style=RAG_STYLE.get(same[0]["rag"], ""))
+            text.append(f" x{len(same)}" if len(same) > 1 else f": {about}" if about else "")
+        return text
+    for i, reason in enumerate(reasons):
+        text.append("\n" if i else "")
+        text.append(reason["rule"], style=RAG_STYLE.get(reason["rag"], ""))
+        text.append(f": {reason['detail']}")
+    return text
+
+
+def _table(title: str, columns: list[str], ratios: list[int], compact: bool) -> Table:
+    """A board table; a compact one keeps every cell on one line.
+
+    A column name ending in ``>`` is right-justified (numbers).
+    """
+    table = Table(
+        title=Text(title),
+        title_justify="left",
+        expand=True,
+        box=box.SIMPLE_HEAD,
+        show_lines=not compact,
+        padding=(0, 1),
+    )
+    for name, ratio in zip(columns, ratios, strict=True):
+        table.add_column(
+            name.removesuffix(">"),
+            justify="right" if name.endswith(">") else "left",
+            ratio=ratio,
+            no_wrap=compact,
+            overflow="ellipsis" if compact else "fold",
+        )
+    return table
+
+
+def _stalled(proposal: Board, compact: bool) -> Text:
+    cell = Text("STALLED", style="bold red") if proposal["stalled"] else Text("no")
+    if not compact:
+        last = proposal["last_progress"] if proposal["has_progress"] else None
+        cell.append(f"\n{_when(last)}", style="dim")
+    return cell
+
+
+def _proposal(proposal: Board, compact: bool) -> Text:
+    """Id and title; in full, the newest note a partner sent, with who and when."""
+    cell = Text(f"{proposal['id']} {proposal['title']}")
+    reported = [m for m in proposal.get("milestones", []) if m.get("note") and m.get("updated_at")]
+    if not compact and reported:
+        newest = max(reported, key=lambda m: datetime.fromisoformat(m["updated_at"]))
+        cell.append(
+            f'\n"{newest["note"]}" ({newest["source"]}, {_when(newest["updated_at"])})',
+            style="dim italic",
+        )
+    return cell
+
+
+def proposal_table(column: Board, compact: bool = False) -> Table:
+    """One column's proposals: RAG, stall, milestones, overdue ones and the reasons."""
+    table = _table(
+        f"{column['title']} ({column['id']})",
+        ["proposal", "RAG", "stalled", "milestones", "overdue", "reasons"],
+        [4, 1, 2, 3, 3, 6],
+        compact,
+    )
+    for p in column["proposals"]:
+        table.add_row(
+            _proposal(p, compact),
+            Text(p["rag"].upper(), style=RAG_STYLE.get(p["rag"], "")),
+            _stalled(p, compact),
+            _counts(p["milestone_counts"]),
+            Text(", ".join(p["overdue"]) or "-", style="red" if p["overdue"] else "dim"),
+            _reasons(p, compact),
+        )
+    return table
+
+
+def _on_track(kpi: Board) -> Text:
+    if kpi["on_track"] is None:
+        return Text("no report", style="dim")
+    return Text("yes", style="green") if kpi["on_track"] else Text("OFF", style="bold red")
+
+
+def kpi_table(kpis: list[Board], compact: bool = False) -> Table:
+    """Every KPI: latest actual, expected on its trajectory, target, and whether on track."""
+    table = _table(
+        "KPIs",
+        ["KPI", "actual>", "expected then>", "expected now>", "target>", "on track"],
+        [5, 3, 2, 2, 3, 2],
+        compact,
+    )
+    for k in kpis:
+        actual = _number(k["actual"], k["unit"])
+        if k["actual_period"]:
+            actual.append(f" ({k['actual_period']})", style="dim")
+        target = _number(k["target"]["value"], k["unit"])
+        target.append(f" by {k['target']['date'][:4]}", style="dim")
+        table.add_row(
+            Text(k["title"]),
+            actual,
+            _number(k["expected_at_actual"]),
+            _number(k["expected"]),
+            target,
+            _on_track(k),
+        )
+    return table
+
+
+def summary(board: Board) -> Text:
+    """One line: how many proposals are red, amber, green and stalled, and KPIs off track."""
+    proposals = [p for c in board["columns"] for p in c["proposals"]]
+    rags = [p["rag"] for p in proposals]
+    line = Text(f"{board.get('name', 'Programme')}  ", style="bold")
+    for rag in ("red", "amber", "green"):
+        line.append(f"{rags.count(rag)} {rag}  ", style=RAG_STYLE[rag])
+    line.append(f"{sum(p['stalled'] for p in proposals)} stalled  ")
+    off = sum(k["on_track"] is False for k in board["kpis"])
+    line.append(f"{off} KPI off trajectory  ")
+    line.append(f"at {board['generated_at'][:19].replace('T', ' ')} UTC", style="dim")
+    return line
+
+
+def render_board(board: Board, note: Text | None = None, compact: bool = False) -> Group:
+    """The whole board: summary, a table per column, the KPIs (and a note, if any)."""
+    parts: list[RenderableType] = [summary(board)]
+    parts += [proposal_table(c, compact) for c in board["columns"]]
+    parts.append(kpi_table(board["kpis"], compact))
+    if note is not None:
+        parts.append(note)
+    return Group(*parts)
+
+
+def fit_board(console: Console, board: Board, note: Text | None = None) -> Group:
+    """The full board if it fits the terminal's height, else the compact one (for live views)."""
+    full = render_board(board, note)
+    if len(console.render_lines(full, pad=False)) < console.height:
+        return full
+    return render_board(board, note, compact=True)
+
+
+def status(
+    url: Annotated[str, typer.Option(help="Base URL of the aggregator.")] = DEFAULT_URL,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Keep the board refreshed.")] = False,
+    interval: Annotated[
+        float, typer.Option(min=0.5, help="Seconds between refreshes with --watch.")
+    ] = 2.0,
+    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to wait for an answer.")] = 5.0,
+) -> None:
+    """Show the programme board: RAG, stalls, overdue milestones and KPIs, per column."""
+    try:
+        board = fetch_board(url, timeout)
+    except BoardUnavailable as exc:
+        fail(str(exc), EXIT_UNAVAILABLE)
+    console = Console()
+    if not watch:
+        console.print(render_board(board))
+        return
+    try:
+        _watch(console, url, board, interval, timeout)
+    except KeyboardInterrupt:
+        return
+
+
+def _watch(console: Console, url: str, board: Board, interval: float, timeout: float) -> None:
+    """Refresh the board in place; a failed refresh keeps the last board and says why."""
+    with Live(fit_board(console, board), console=console, auto_refresh=False) as live:
+        while True:
+            time.sleep(interval)
+            note = None
+            try:
+                board = fetch_board(url, timeout)
+            except BoardUnavailable as exc:
+                note = Text(f"last refresh failed: {exc}", style="yellow")
+            live.update(fit_board(console, board, note), refresh=True)

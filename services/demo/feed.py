@@ -1,0 +1,246 @@
+"""The demo feed: authority systems posting the demo story through the column services' HTTP API.
+
+It uses only what a real authority system has: a column service's URL and a bearer token.
+First it backfills the story's history (batches per authority and column, with a progress
+bar), then shows a few refusals, then posts live events at a gentle pace until cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from itertools import groupby
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
+
+from services.demo.history import LiveStory, Post, Scenario, history, invalid_posts
+from shared.catalogue import Catalogue
+from shared.tokens import TokenStore
+
+BATCH_SIZE = 100
+BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
+EVENT_CONTENT_TYPE = "application/cloudevents+json"
+RETRY_FOR = 30.0
+"""Seconds to keep retrying a post while a column service restarts or its bus is away."""
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Outcome:
+    """What a column service answered to one post."""
+
+    status: int
+    accepted: int = 0
+    duplicates: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 202
+
+    def describe(self) -> str:
+        """What went wrong, for one line of output."""
+        reasons = "; ".join(self.problems)
+        return f"not sent: {reasons}" if self.status == 0 else f"refused {self.status}: {reasons}"
+
+
+def _count(answer: Mapping[str, Any], *keys: str) -> int:
+    """The number of ids under the first of ``keys`` the answer has (a list or a count)."""
+    for key in keys:
+        value = answer.get(key)
+        if isinstance(value, list):
+            return len(value)
+        if isinstance(value, int):
+            return value
+    return 0
+
+
+def outcome_of(response: httpx.Response) -> Outcome:
+    """Read a 202 answer (ids accepted and duplicates) or a problem document."""
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = {}
+    if not isinstance(answer, dict):
+        answer = {}
+    if response.status_code == 202:
+        return Outcome(202, _count(answer, "accepted"), _count(answer, "duplicates", "duplicate"))
+    problems = [
+        f"{e.get('field', '?')}: {e.get('reason', '')}"
+        for e in answer.get("errors") or []
+        if isinstance(e, dict)
+    ]
+    return Outcome(
+        response.status_code, problems=problems or [str(answer.get("detail") or response.text)]
+    )
+
+
+@dataclass
+class Tally:
+    """What the column services answered to the whole backfill."""
+
+    accepted: int = 0
+    duplicates: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    def add(self, outcome: Outcome, batch: list[Post]) -> None:
+        self.accepted += outcome.accepted
+        self.duplicates += outcome.duplicates
+        if not outcome.ok:
+            sender = f"{batch[0].authority} -> {batch[0].column}"
+            self.failures += [f"{sender}: {outcome.describe()}"]
+
+
+@contextmanager
+def demo_tokens(store: TokenStore, authorities: list[str]) -> Iterator[dict[str, str]]:
+    """Issue a token for each demo authority and revoke them all when the demo ends."""
+    issued = {a: store.create(a) for a in authorities}
+    try:
+        yield {a: token for a, (token, _) in issued.items()}
+    finally:
+        for _, record in issued.values():
+            store.revoke(record.token_id)
+
+
+class Feed:
+    """Posts the demo story to the column services at ``endpoints`` (column id -> base URL)."""
+
+    def __init__(
+        self,
+        *,
+        catalogue: Catalogue,
+        endpoints: Mapping[str, str],
+        tokens: Mapping[str, str],
+        console: Console,
+        clock: Callable[[], datetime] = utc_now,
+        client: httpx.AsyncClient | None = None,
+    ):
+        self.catalogue = catalogue
+        self.scenario = Scenario.for_catalogue(catalogue)
+        self.endpoints = endpoints
+        self.tokens = tokens
+        self.console = console
+        self.clock = clock
+        self.client = client or httpx.AsyncClient(timeout=10.0)
+        self.past: list[Post] = []
+
+    def story(self) -> list[Post]:
+        """The backfill this feed sends, as of now."""
+        return history(self.catalogue, self.scenario, self.clock())
+
+    async def post(self, posts: list[Post]) -> Outcome:
+        """Send posts of one authority to one column service, as one event or a batch.
+
+        Retries with the same ids while the service is unreachable or answers 503, which is
+        what the contract asks of a client; gives up after ``RETRY_FOR`` seconds.
+        """
+        first = posts[0]
+        url = self.endpoints[first.column].rstrip("/") + "/v1/events"
+        single = len(posts) == 1
+        headers = {
+            "Authorization": f"Bearer {self.tokens[first.authority]}",
+            "Content-Type": EVENT_CONTENT_TYPE if single else BATCH_CONTENT_TYPE,
+        }
+        body = first.event if single else [p.event for p in posts]
+        deadline = asyncio.get_running_loop().time() + RETRY_FOR
+        while True:
+            try:
+                response = await self.client.post(url, json=body, headers=headers)
+            except httpx.TransportError as exc:
+                outcome = Outcome(0, problems=[f"cannot reach {url}: {exc!s}"])
+                wait = 1.0
+            else:
+                outcome = outcome_of(response)
+                if response.status_code != 503:
+                    return outcome
+                wait = float(response.headers.get("Retry-After", "1"))
+            if asyncio.get_running_loop().time() + wait > deadline:
+                return outcome
+            await asyncio.sleep(wait)
+
+    async def backfill(self) -> Tally:
+        """Send the story's history with a progress bar; then the refusals. Returns the tally."""
+        self.past = self.story()
+        batches = list(_batches(self.past))
+        tally = Tally()
+        first, last = self.past[0].time, self.past[-1].time
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+        ) as progress:
+            task = progress.add_task(
+                f"Backfilling {first:%Y-%m} .. {last:%Y-%m}", total=len(self.past)
+            )
+            for batch in batches:
+                tally.add(await self.post(batch), batch)
+                progress.advance(task, len(batch))
+        self.console.print(
+            Text(
+                f"Backfill: {len(self.past)} events, {tally.accepted} accepted, "
+                f"{tally.duplicates} duplicates (already sent), {len(tally.failures)} failed "
+                "batches"
+            )
+        )
+        for line in tally.failures:
+            self.console.print(Text(f"  ✗ {line}", style="red"), soft_wrap=True)
+        await self.show_refusals()
+        return tally
+
+    async def show_refusals(self) -> None:
+        """Post the careless events and show how the column services refuse them."""
+        self.console.print(Text("Events a misconfigured system sends, and the answers:"))
+        for post in invalid_posts(self.catalogue, self.clock()):
+            self.report(post, await self.post([post]))
+
+    def report(self, post: Post, outcome: Outcome) -> None:
+        """One line per event: who sent what, and what the column service answered."""
+        data = post.event["data"]
+        what = (
+            f"{data['proposal']}/{data['milestone']} {data['status']}"
+            if "proposal" in data
+            else f"{data['kpi']} {data['period']} = {data['value']:g}"
+        )
+        line = Text(f"{self.clock():%H:%M:%S} {post.authority} -> {post.column} {what}: ")
+        if outcome.ok:
+            line.append("duplicate" if outcome.duplicates else "accepted", style="green")
+        else:
+            line.append(outcome.describe(), style="red")
+        self.console.print(line, soft_wrap=True)
+
+    async def live(self, interval: float = 4.0, seed: int | None = None) -> None:
+        """Post one event every ``interval`` seconds or so, until cancelled."""
+        story = LiveStory(self.catalogue, self.scenario, self.past or self.story())
+        jitter = random.Random(seed)
+        while True:
+            await asyncio.sleep(interval * jitter.uniform(0.5, 1.5))
+            post = story.next(self.clock())
+            self.report(post, await self.post([post]))
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+def _sender(post: Post) -> tuple[str, str]:
+    return (post.column, post.authority)
+
+
+def _batches(posts: list[Post]) -> Iterator[list[Post]]:
+    """Posts grouped by authority and column (one token, one service), in batches."""
+    for _, group in groupby(sorted(posts, key=_sender), key=_sender):
+        items = list(group)
+        for start in range(0, len(items), BATCH_SIZE):
+            yield items[start : start + BATCH_SIZE]
