@@ -1,0 +1,1 @@
+"""Grafana dashboards of the COTN delivery monitor, built as code (see ``builders``)."""
