@@ -8,9 +8,31 @@ from __future__ import annotations
 
 import typer
 
-from services.cli import asyncapi, catalogue, dashboards, post, replay, run, serve, status, tokens
+from services.cli import (
+    apidocs,
+    asyncapi,
+    catalogue,
+    dashboards,
+    post,
+    replay,
+    run,
+    serve,
+    status,
+    tokens,
+)
 
-COMMAND_MODULES = (tokens, catalogue, post, serve, run, status, replay, asyncapi, dashboards)
+COMMAND_MODULES = (
+    tokens,
+    catalogue,
+    post,
+    serve,
+    run,
+    status,
+    replay,
+    asyncapi,
+    apidocs,
+    dashboards,
+)
 
 app = typer.Typer(
     name="cotn",
