@@ -118,6 +118,10 @@ def _reasons(proposal: Board, compact: bool) -> Text:
     return text
 
 
+# Verdict columns keep a fixed width so no terminal cuts them: "AMBER", "STALLED", "no report".
+FIXED_WIDTH = {"RAG": 5, "stalled": 10, "on track": 9}
+
+
 def _table(title: str, columns: list[str], ratios: list[int], compact: bool) -> Table:
     """A board table; a compact one keeps every cell on one line.
 
@@ -135,7 +139,8 @@ def _table(title: str, columns: list[str], ratios: list[int], compact: bool) -> 
         table.add_column(
             name.removesuffix(">"),
             justify="right" if name.endswith(">") else "left",
-            ratio=ratio,
+            ratio=None if name in FIXED_WIDTH else ratio,
+            width=FIXED_WIDTH.get(name),
             no_wrap=compact,
             overflow="ellipsis" if compact else "fold",
         )
