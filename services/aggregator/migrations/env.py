@@ -15,6 +15,7 @@ from sqlmodel import SQLModel
 
 import services.aggregator.models  # noqa: F401  (registers the tables on SQLModel.metadata)
 from services.aggregator.db import WRITER_OPTIONS, make_engine
+from services.aggregator.settings import async_database_url
 
 config = context.config
 target_metadata = SQLModel.metadata
@@ -33,8 +34,11 @@ def run_migrations(connection: Connection) -> None:
 
 
 async def run_from_command_line() -> None:
+    # The aggregator's own setting first, normalised to its async driver as the service does.
     url = os.environ.get("COTN_AGGREGATOR_DATABASE_URL") or config.get_main_option("sqlalchemy.url")
-    engine = make_engine(url)
+    if not url:
+        raise SystemExit("no database: set COTN_AGGREGATOR_DATABASE_URL")
+    engine = make_engine(async_database_url(url))
     try:
         async with engine.connect() as connection:
             writer = await connection.execution_options(**WRITER_OPTIONS)
