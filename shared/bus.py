@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
 
 from shared.events import KIND_OF_TYPE, KpiEvent, MilestoneEvent
 
@@ -50,7 +52,9 @@ class StreamSettings:
     replicas: int = 1
     duplicate_window_seconds: float = 120.0
     max_bytes: int = 8 * 1024**3
-    max_age_seconds: float = 0  # 0: keep events until max_bytes; the database is the record
+    # The database is the permanent record; the stream is a durable buffer and a replay
+    # source for 30 days, so a full disk cannot stop ingestion for good.
+    max_age_seconds: float = 30 * 86400
 
 
 def events_stream_config(settings: StreamSettings) -> StreamConfig:
@@ -89,11 +93,10 @@ def side_stream_configs(settings: StreamSettings) -> list[StreamConfig]:
     ]
 
 
-async def ensure_streams(js, settings: StreamSettings) -> None:  # type: ignore[no-untyped-def]
+async def ensure_streams(js: JetStreamContext, settings: StreamSettings) -> None:
     """Create the project's streams, or bring their configuration up to date."""
-    from nats.js.errors import NotFoundError
-
     for config in [events_stream_config(settings), *side_stream_configs(settings)]:
+        assert config.name is not None
         try:
             await js.stream_info(config.name)
         except NotFoundError:

@@ -62,7 +62,28 @@ def _plain_text(value: str) -> str:
     return value
 
 
+def _one_line(value: str) -> str:
+    if re.search(r"[\x00-\x1f\x7f]", value):
+        raise ValueError("must be one line of text without control characters")
+    return value
+
+
+# RFC 3339 as CloudEvents requires: without this, pydantic would also take a number (or a
+# numeric string) as seconds since 1970, and a client's unit mistake would be stored.
+_RFC3339 = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
+)
+
+
+def _rfc3339(value: Any) -> Any:
+    if not isinstance(value, str) or not _RFC3339.match(value):
+        raise ValueError("must be an RFC 3339 timestamp with its offset, e.g. 2025-07-01T09:30:00Z")
+    return value
+
+
 Note = Annotated[StrictStr, Field(max_length=MAX_NOTE), AfterValidator(_plain_text)]
+Line = Annotated[StrictStr, AfterValidator(_one_line)]
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
 Ref = Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9-]*$")]
 
 
@@ -90,12 +111,13 @@ class _CloudEvent(_Frozen):
     specversion: Literal["1.0"]
     id: Annotated[StrictStr, Field(min_length=1, max_length=256, pattern=_NO_CONTROL)]
     source: Annotated[StrictStr, Field(min_length=1, max_length=64)]
-    time: AwareDatetime
+    time: Timestamp
     datacontenttype: Literal["application/json"] | None = None
-    dataschema: StrictStr | None = None
-    subject: Annotated[StrictStr, Field(max_length=256)] | None = None
-    traceparent: StrictStr | None = None
-    tracestate: StrictStr | None = None
+    # Optional attributes are carried to the store: bounded, one line, no control characters.
+    dataschema: Annotated[Line, Field(max_length=2048)] | None = None
+    subject: Annotated[Line, Field(max_length=256)] | None = None
+    traceparent: Annotated[Line, Field(max_length=128)] | None = None
+    tracestate: Annotated[Line, Field(max_length=512)] | None = None
 
     @property
     def key(self) -> tuple[str, str]:

@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared.natsauth import BusUser, authorization_config, write_private
+
 
 def nats_server_binary() -> str:
     """The wheel's nats-server beside this interpreter, else one on PATH."""
@@ -42,12 +44,17 @@ def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
 
 @dataclass
 class NatsServer:
-    """A JetStream nats-server on loopback; ``sync_interval: always`` so an ack means stored."""
+    """A JetStream nats-server on loopback; ``sync_interval: always`` so an ack means stored.
+
+    With ``users`` (see :mod:`shared.natsauth`) every client must log in as one of them and
+    gets only that user's permissions; without, anyone may do anything (tests of one part).
+    """
 
     store_dir: Path
     port: int = 0
     host: str = "127.0.0.1"
     extra_config: str = ""
+    users: list[BusUser] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -58,6 +65,7 @@ class NatsServer:
         return (
             f'listen: "{self.host}:{self.port}"\n'
             f'jetstream {{\n  store_dir: "{self.store_dir}"\n  sync_interval: always\n}}\n'
+            f"{authorization_config(self.users) if self.users else ''}"
             f"{self.extra_config}"
         )
 
@@ -66,7 +74,7 @@ class NatsServer:
             self.port = free_port(self.host)
         self.store_dir.mkdir(parents=True, exist_ok=True)
         conf = self.store_dir / "nats-server.conf"
-        conf.write_text(self.config_text())
+        write_private(conf, self.config_text())  # it may hold passwords
         log = open(self.store_dir / "nats-server.log", "ab")
         self.process = subprocess.Popen(
             [nats_server_binary(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT

@@ -188,10 +188,11 @@ def test_token_list_hides_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     rows = {row[1]: row for row in cells}
     assert set(rows) == {"west-yorkshire", "lancashire"}
     assert rows["west-yorkshire"][0] == records["west-yorkshire"].token_id
-    assert rows["west-yorkshire"][3] == "-"
+    assert rows["west-yorkshire"][3] == "never"  # last used
+    assert rows["west-yorkshire"][4] == "-"
     revoked_at = records["lancashire"].revoked_at
     assert revoked_at is not None
-    assert rows["lancashire"][3] == revoked_at[:19].replace("T", " ")
+    assert rows["lancashire"][4] == revoked_at[:19].replace("T", " ")
 
 
 def test_token_list_when_there_are_none(tmp_path: Path) -> None:

@@ -131,12 +131,14 @@ def events_received() -> timeseries.Panel:
 
 def refusals() -> timeseries.Panel:
     return timeseries_panel(
-        "Requests refused, by reason",
-        "Refused requests per second; see the runbook's AuthorityEventsRejected section.",
+        "Requests refused, by authority and reason",
+        "Refused requests per second, by the authority of the token (unknown: no valid "
+        "token); see the runbook's AuthorityEventsRejected section.",
         [
             query(
-                f"sum by (reason) (rate(cotn_ingest_rejections_total{COLUMN}[$__rate_interval]))",
-                "{{reason}}",
+                "sum by (authority, reason) "
+                f"(rate(cotn_ingest_rejections_total{COLUMN}[$__rate_interval]))",
+                "{{authority}}: {{reason}}",
             )
         ],
         unit="reqps",

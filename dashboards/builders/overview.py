@@ -1,7 +1,6 @@
-"""Programme overview: the RAG of every proposal, stalls, overdue milestones, delivery trend.
-
-There is no per-authority metric (the ingest counters carry column, type and outcome only),
-so "events received" is shown by column and outcome.
+"""Programme overview: the RAG of every proposal, stalls, overdue milestones, delivery trend,
+and who reports: events received by column and by authority (the ingest counters carry the
+authority of the sending token, ``unknown`` before a token is accepted).
 """
 
 from __future__ import annotations
@@ -135,7 +134,7 @@ def events_by_column() -> timeseries.Panel:
     return timeseries_panel(
         "Events received per hour, by column and outcome",
         "Events the column services received in the hour before each point: accepted, "
-        "duplicate (a resend) or rejected. The metrics have no authority label.",
+        "duplicate (a resend) or rejected.",
         [
             query(
                 "sum by (column, outcome) (increase(cotn_ingest_events_total[1h]))",
@@ -143,6 +142,24 @@ def events_by_column() -> timeseries.Panel:
             )
         ],
         unit="short",
+        width=8,
+    )
+
+
+def events_by_authority() -> timeseries.Panel:
+    return timeseries_panel(
+        "Events received per hour, by authority and outcome",
+        "Events each authority's systems sent in the hour before each point, by the authority "
+        "of the token they used: accepted, duplicate or rejected. A rejected line that keeps "
+        "rising is what the AuthorityEventsRejected alert is about.",
+        [
+            query(
+                "sum by (authority, outcome) (increase(cotn_ingest_events_total[1h]))",
+                "{{authority}} {{outcome}}",
+            )
+        ],
+        unit="short",
+        width=8,
     )
 
 
@@ -156,6 +173,7 @@ def events_stored() -> timeseries.Panel:
                 "{{type}}",
             )
         ],
+        width=8,
     )
 
 
@@ -175,6 +193,6 @@ def build() -> dashboard.Dashboard:
             ),
             Row("Proposals", [rag_by_proposal()]),
             Row("Delivery over time", [milestones_against_plan(), rag_over_time()]),
-            Row("Reporting", [events_by_column(), events_stored()]),
+            Row("Reporting", [events_by_column(), events_by_authority(), events_stored()]),
         ],
     )

@@ -4,10 +4,11 @@
 broker, its router (the events subscriber, the status and dead-letter publishers) and the
 database engine come to life in the app's lifespan. Start-up does not wait for NATS or the
 database: a background task migrates the schema, sets up the streams and the durable
-consumer, then starts consuming, retrying each step until it succeeds, so the read API
-answers (and ``/readyz`` says what is missing) meanwhile. Shutdown lets the batch in
-progress finish (FastStream's graceful timeout), stops the loops, then drains the NATS
-connection so the last acknowledgements reach the server.
+consumer (or waits for ``cotn nats setup`` to have made them), then starts consuming,
+retrying each step until it succeeds, so the read API answers (and ``/readyz`` says what is
+missing) meanwhile. Shutdown lets the batch in progress finish (FastStream's graceful
+timeout), stops the loops, then drains the NATS connection so the last acknowledgements
+reach the server.
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ class Aggregator:
         self.broker = NatsBroker(
             str(settings.nats_url),
             name="cotn-aggregator",
+            # The only inbox its NATS user may read: see shared.natsauth.
+            inbox_prefix=settings.nats_inbox_prefix,
             max_reconnect_attempts=-1,  # for ever: the aggregator waits for NATS, never gives up
             reconnect_time_wait=1,
             reconnected_cb=self._on_reconnected,
@@ -179,7 +182,12 @@ class Aggregator:
             delay = min(RETRY_MAX_SECONDS, delay * 2)
 
     async def _prepare_bus(self) -> None:
+        """Set up the streams and the durable consumer, or (when ``cotn nats setup`` manages
+        them) wait until the consumer exists: the aggregator's NATS user may only read it."""
         js = self.broker.config.connection_state.stream
+        if not self.settings.manage_streams:
+            await js.consumer_info(EVENTS_STREAM, AGGREGATOR_DURABLE)
+            return
         await ensure_streams(js, self.settings.stream_settings())
         await ensure_consumer(js, self.settings)
 

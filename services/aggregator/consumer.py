@@ -24,6 +24,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import signal
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
@@ -281,11 +283,13 @@ class BatchConsumer:
         self._settings = settings
         self._publish_dead_letter = publish_dead_letter
         self._on_stored = on_stored
+        self._fault = FaultHook(settings.fault, settings.fault_batch)
         self.database_ok: bool | None = None
 
     async def handle(self, messages: Sequence[Msg]) -> None:
         """Store one batch, then ack, nak (to retry) or dead-letter each message."""
         started = perf_counter()
+        self._fault.batch_started()
         batch = self._sort(messages)
         try:
             outcome = await self._store(batch)
@@ -294,8 +298,11 @@ class BatchConsumer:
             await self._retry_later(messages, exc)
             return
         self.database_ok = True
+        await self._fault.reached("after_commit")
         unsent = await self._send_dead_letters(batch.dead_letters)
-        for msg in messages:
+        for index, msg in enumerate(messages):
+            if index == len(messages) // 2:
+                await self._fault.reached("mid_batch", flush=msg)
             await self._settle(msg, retry=id(msg) in unsent)
         self._count(outcome)
         self._metrics.batch_seconds.observe(perf_counter() - started)
@@ -319,12 +326,14 @@ class BatchConsumer:
         self, events: Sequence[NewEvent], dead_letters: Sequence[dict[str, Any]]
     ) -> BatchOutcome:
         async with self._sessions() as session, session.begin():
-            return await store_batch(
+            outcome = await store_batch(
                 session=session,
                 events=events,
                 dead_letters=dead_letters,
                 recorded_at=self._clock(),
             )
+            await self._fault.reached("before_commit")
+            return outcome
 
     async def _store(self, batch: SortedBatch) -> BatchOutcome:
         try:
@@ -400,6 +409,37 @@ class BatchConsumer:
         self._metrics.conflicts.inc(outcome.conflicts)
 
 
+class FaultHook:
+    """Test-only: kill this process with SIGKILL at one point of one batch (tests/faults).
+
+    Off unless ``COTN_AGGREGATOR_FAULT`` names a point; never set it in a deployment. The
+    points, in batch number ``COTN_AGGREGATOR_FAULT_BATCH`` (from 1):
+
+    - ``before_commit``: every write of the batch done, the transaction not committed;
+    - ``after_commit``: the transaction committed, no message acknowledged;
+    - ``mid_batch``: committed, the first half of the messages acknowledged (and flushed to
+      the server, so the crash lands between the two halves), the rest not.
+    """
+
+    def __init__(self, point: str | None, batch: int) -> None:
+        self._point = point
+        self._batch = batch
+        self._seen = 0
+
+    def batch_started(self) -> None:
+        self._seen += 1
+
+    async def reached(self, point: str, *, flush: Msg | None = None) -> None:
+        """Crash here if this is the configured point of the configured batch."""
+        if point != self._point or self._seen != self._batch:
+            return
+        if flush is not None:
+            # Acks are buffered by nats-py: flush so the server has the first half's.
+            await flush._client.flush()
+        log.warning("test fault %s in batch %d: SIGKILL", point, self._seen)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 async def raw_messages(message: Any) -> list[Msg]:
     """FastStream decoder that hands the handler the batch's messages undecoded.
 
@@ -420,6 +460,8 @@ def subscribe_events(
         durable=AGGREGATOR_DURABLE,
         config=consumer_config(settings),
         pull_sub=PullSub(settings.batch_size, timeout=settings.batch_timeout_seconds, batch=True),
+        # Deliveries come to the aggregator's own inbox, the only one its NATS user may read.
+        inbox_prefix=f"{settings.nats_inbox_prefix}.".encode(),
         ack_policy=AckPolicy.MANUAL,
         decoder=raw_messages,
         title="store_events",

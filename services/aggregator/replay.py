@@ -4,7 +4,8 @@
 event by (event time, stream sequence), as the consumer keeps them. Replay recomputes them
 set-wise, in one transaction, with a window function over the log, so it ends in the state
 live consumption reached. Only ids the given catalogue knows are folded, as the consumer
-would with that catalogue.
+would with that catalogue: its milestones go into a temporary table the log is joined with
+(a list of 10,000 ids in the statement itself would not even parse on PostgreSQL).
 
 It is safe while an aggregator runs: on PostgreSQL the projections are locked against
 writers for the transaction (readers go on), so a batch committed meanwhile is either in
@@ -20,9 +21,19 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.aggregator.db import WRITER_OPTIONS, make_engine
+from services.aggregator.models import Id
 from services.aggregator.store import EVENT, KPI_OBSERVATION, MILESTONE_STATE
 from shared.catalogue import Catalogue
 from shared.events import KPI_TYPE, MILESTONE_TYPE
+
+KNOWN_MILESTONE = sa.Table(
+    "replay_known_milestone",
+    sa.MetaData(),
+    sa.Column("proposal", sa.String(Id), primary_key=True),
+    sa.Column("milestone", sa.String(Id), primary_key=True),
+    prefixes=["TEMPORARY"],
+)
+"""The catalogue's (proposal, milestone) pairs, for the length of one replay."""
 
 
 async def replay(*, database_url: str, catalogue: Catalogue) -> int:
@@ -61,11 +72,29 @@ async def _refill(
     return int((await connection.execute(folded)).scalar_one())
 
 
-async def _rebuild_milestones(connection: AsyncConnection, catalogue: Catalogue) -> int:
-    known = sa.tuple_(EVENT.c.proposal, EVENT.c.milestone).in_(
-        [(p.id, m.id) for p in catalogue.proposals for m in p.milestones]
+async def _known_milestones(connection: AsyncConnection, catalogue: Catalogue) -> sa.Join:
+    """Fill the temporary table of known milestones; the log joined with it."""
+    await connection.run_sync(KNOWN_MILESTONE.create)
+    pairs = [
+        {"proposal": p.id, "milestone": m.id} for p in catalogue.proposals for m in p.milestones
+    ]
+    if pairs:
+        await connection.execute(sa.insert(KNOWN_MILESTONE), pairs)
+    if connection.dialect.name == "postgresql":
+        # A temporary table has no statistics until analysed: the planner would guess.
+        await connection.execute(sa.text(f"ANALYZE {KNOWN_MILESTONE.name}"))
+    return EVENT.join(
+        KNOWN_MILESTONE,
+        sa.and_(
+            KNOWN_MILESTONE.c.proposal == EVENT.c.proposal,
+            KNOWN_MILESTONE.c.milestone == EVENT.c.milestone,
+        ),
     )
-    which = (EVENT.c.type == MILESTONE_TYPE, known)
+
+
+async def _rebuild_milestones(connection: AsyncConnection, catalogue: Catalogue) -> int:
+    known = await _known_milestones(connection, catalogue)
+    which = EVENT.c.type == MILESTONE_TYPE
     ranked = (
         sa.select(
             EVENT.c.proposal,
@@ -78,11 +107,14 @@ async def _rebuild_milestones(connection: AsyncConnection, catalogue: Catalogue)
             EVENT.c.data["note"].as_string().label("note"),
             _newest_first(EVENT.c.proposal, EVENT.c.milestone),
         )
-        .where(*which)
+        .select_from(known)
+        .where(which)
         .subquery()
     )
-    folded = sa.select(sa.func.count()).select_from(EVENT).where(*which)
-    return await _refill(connection, MILESTONE_STATE, folded, ranked)
+    folded = sa.select(sa.func.count()).select_from(known).where(which)
+    count = await _refill(connection, MILESTONE_STATE, folded, ranked)
+    await connection.run_sync(KNOWN_MILESTONE.drop)
+    return count
 
 
 async def _rebuild_kpis(connection: AsyncConnection, catalogue: Catalogue) -> int:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
-from pydantic import Field, NatsDsn, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
 
 from shared.bus import StreamSettings
+from shared.natsauth import NatsClientSettings
 
 
 def async_database_url(url: str) -> str:
@@ -23,8 +24,12 @@ def async_database_url(url: str) -> str:
     return url
 
 
-class AggregatorSettings(BaseSettings):
-    """How the aggregator consumes, stores and serves."""
+class AggregatorSettings(NatsClientSettings):
+    """How the aggregator consumes, stores and serves.
+
+    ``nats_url``, ``manage_streams`` and ``COTN_ENV`` come from
+    :class:`shared.natsauth.NatsClientSettings`.
+    """
 
     model_config = SettingsConfigDict(env_prefix="COTN_AGGREGATOR_", frozen=True, extra="ignore")
 
@@ -32,7 +37,6 @@ class AggregatorSettings(BaseSettings):
         default="sqlite+aiosqlite:///./.cotn/cotn.db",
         description="SQLAlchemy URL: SQLite (aiosqlite) embedded, PostgreSQL (asyncpg) deployed",
     )
-    nats_url: NatsDsn = NatsDsn("nats://127.0.0.1:4222")
     catalogue: Path | None = Field(
         default=None, description="Catalogue file; None uses $COTN_CATALOGUE or the shipped one"
     )
@@ -66,6 +70,16 @@ class AggregatorSettings(BaseSettings):
 
     stream_replicas: int = Field(default=1, ge=1, le=5)
     duplicate_window_seconds: float = Field(default=120.0, gt=0)
+
+    # Test-only: the fault tests (tests/faults) crash the process at an exact point.
+    fault: Literal["before_commit", "after_commit", "mid_batch"] | None = Field(
+        default=None,
+        description="For fault tests only, never in a deployment: SIGKILL the aggregator at "
+        "this point of batch number fault_batch (see consumer.FaultHook)",
+    )
+    fault_batch: int = Field(
+        default=1, ge=1, description="For fault tests only: the batch (from 1) that `fault` hits"
+    )
 
     @field_validator("database_url")
     @classmethod

@@ -5,12 +5,20 @@ port and one column service per catalogue column on the ports after it, each a c
 process started as ``cotn serve ...``. Every port is checked before anything starts; the
 board shows once every part answers ``/readyz``. Ctrl-C or SIGTERM stops the demo feed,
 then the services, then nats-server, and leaves nothing running.
+
+The embedded nats-server runs with the project's least-privilege users
+(:mod:`shared.natsauth`) and passwords generated for each run, kept in
+``<data dir>/nats-users.json`` (mode 0600) and handed to each service in its environment,
+never on a command line. The run itself sets up the streams and the aggregator's consumer
+as the administrator (what ``cotn nats setup`` does), again whenever nats-server restarts;
+the services do not manage streams.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import sys
 import time
@@ -21,6 +29,7 @@ from pathlib import Path
 from typing import Annotated
 
 import httpx
+import nats.errors
 import typer
 from rich.console import Console
 from rich.live import Live
@@ -35,11 +44,21 @@ from services.cli.common import (
     fail,
     open_catalogue,
 )
+from services.cli.nats import setup_bus
 from services.cli.status import BoardUnavailable, board_of, fit_board, programme_url
 from services.cli.supervisor import Part, RestartLimitExceeded, Supervisor, port_is_free
 from services.demo.feed import Feed, demo_tokens
 from services.demo.history import story_authorities
 from shared.catalogue import DEFAULT_CATALOGUE, Catalogue
+from shared.natsauth import (
+    ADMIN_USER,
+    AGGREGATOR_USER,
+    USERS_FILE,
+    bus_users,
+    generate_passwords,
+    ingest_user,
+    with_credentials,
+)
 from shared.natsserver import NatsServer, free_port, nats_server_binary
 from shared.tokens import TokenStore
 
@@ -62,10 +81,14 @@ class Stack:
 
     parts: list[Part]
     nats_url: str
+    """Where NATS answers, without credentials (to show)."""
     database_url: str
     aggregator: Part
     columns: dict[str, Part]
     data_dir: Path
+    admin_url: str
+    """NATS as the administrator, who sets up the streams and the consumer."""
+    nats: Part | None = None
 
 
 def register(parent: typer.Typer) -> None:
@@ -78,9 +101,17 @@ def _serve_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "services.cli", "serve", *args]
 
 
-def _nats_part(data_dir: Path, log_dir: Path) -> Part:
-    """nats-server from the wheel, JetStream stored under the data dir, on a free port."""
-    server = NatsServer(store_dir=data_dir / "nats", port=free_port(HOST), host=HOST)
+def _nats_part(
+    data_dir: Path, log_dir: Path, passwords: dict[str, str], columns: list[str]
+) -> Part:
+    """nats-server from the wheel, JetStream stored under the data dir, on a free port, with
+    the project's users; their passwords are written beside it (0600) when it starts."""
+    server = NatsServer(
+        store_dir=data_dir / "nats",
+        port=free_port(HOST),
+        host=HOST,
+        users=bus_users(columns, passwords.__getitem__),
+    )
     config = server.store_dir / "nats-server.conf"
     return Part(
         name="nats-server",
@@ -90,8 +121,16 @@ def _nats_part(data_dir: Path, log_dir: Path) -> Part:
         host=HOST,
         ready_path=None,
         stage=0,
-        files={config: server.config_text()},
+        files={
+            config: server.config_text(),
+            data_dir / USERS_FILE: json.dumps(passwords, indent=2) + "\n",
+        },
     )
+
+
+def _bus_env(prefix: str, url: str) -> dict[str, str]:
+    """A service's NATS settings: its URL (credentials included) and no stream management."""
+    return {f"{prefix}NATS_URL": url, f"{prefix}MANAGE_STREAMS": "false"}
 
 
 def plan_stack(
@@ -106,12 +145,24 @@ def plan_stack(
     """The parts of the run: ports ``port`` (aggregator), ``port + 1``.. (columns, in order)."""
     log_dir = data_dir / "logs"
     parts: list[Part] = []
+    column_ids = [c.id for c in catalogue.columns]
+    nats = None
     if nats_url is None:
-        nats = _nats_part(data_dir, log_dir)
+        passwords = generate_passwords(column_ids)
+        nats = _nats_part(data_dir, log_dir, passwords, column_ids)
         parts.append(nats)
         nats_url = f"nats://{HOST}:{nats.port}"
+
+        def url_of(user: str) -> str:
+            return with_credentials(nats_url, user, passwords[user])
+
+    else:
+
+        def url_of(user: str) -> str:
+            return nats_url  # a server of the user's: its URL serves every part
+
     database_url = database_url or f"sqlite+aiosqlite:///{data_dir / 'cotn.db'}"
-    shared_args = ["--host", HOST, "--nats-url", nats_url, "--catalogue", str(catalogue_path)]
+    shared_args = ["--host", HOST, "--catalogue", str(catalogue_path)]
     aggregator = Part(
         name="aggregator",
         argv=_serve_argv(
@@ -120,6 +171,7 @@ def plan_stack(
         log=log_dir / "aggregator.log",
         port=port,
         host=HOST,
+        env=_bus_env("COTN_AGGREGATOR_", url_of(AGGREGATOR_USER)),
     )
     parts.append(aggregator)
     columns = {}
@@ -139,9 +191,12 @@ def plan_stack(
             log=log_dir / f"ingest-{column.id}.log",
             port=port + offset,
             host=HOST,
+            env=_bus_env("COTN_INGEST_", url_of(ingest_user(column.id))),
         )
     parts += columns.values()
-    return Stack(parts, nats_url, database_url, aggregator, columns, data_dir)
+    return Stack(
+        parts, nats_url, database_url, aggregator, columns, data_dir, url_of(ADMIN_USER), nats
+    )
 
 
 def busy_part(parts: list[Part]) -> Part | None:
@@ -193,6 +248,22 @@ async def watch(supervisor: Supervisor) -> None:
     """Restart parts that die, for as long as the run lasts."""
     while True:
         supervisor.check()
+        await asyncio.sleep(WATCH_EVERY)
+
+
+async def keep_bus_set_up(stack: Stack) -> None:
+    """Set up the streams and the consumer as the administrator once NATS answers, and again
+    whenever nats-server restarts (the services' users may not)."""
+    set_up_for: int | None = None
+    while True:
+        current = stack.nats.pid if stack.nats is not None else 0
+        if current is not None and current != set_up_for:
+            try:
+                await setup_bus(stack.admin_url)
+            except (nats.errors.Error, OSError, TimeoutError):
+                pass  # not listening yet: the parts' readiness says so if it lasts
+            else:
+                set_up_for = current
         await asyncio.sleep(WATCH_EVERY)
 
 
@@ -295,6 +366,7 @@ async def session(
     """Everything after the parts are started: readiness, endpoints, demo feed, board."""
     async with asyncio.TaskGroup() as tasks:
         tasks.create_task(watch(supervisor))
+        tasks.create_task(keep_bus_set_up(stack))
         await wait_ready(stack.parts, ready_timeout)
         print_endpoints(console, stack, time.monotonic() - started)
         async with contextlib.AsyncExitStack() as resources:

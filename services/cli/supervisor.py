@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared.natsauth import write_private
+
 MAX_RESTARTS = 5
 RESTART_WINDOW = 60.0
 STOP_TIMEOUT = 10.0
@@ -42,7 +44,10 @@ class Part:
     stage: int = 1
     """Parts of a lower stage are what later ones depend on: started first, stopped last."""
     files: dict[Path, str] = field(default_factory=dict)
-    """Files (such as a configuration) written before each start."""
+    """Files (such as a configuration) written before each start, readable by the owner only."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Environment of this part on top of the supervisor's (secrets go here, not in argv,
+    which any local user can read)."""
     process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     restarts: deque[float] = field(default_factory=deque, init=False, repr=False)
 
@@ -121,8 +126,7 @@ class Supervisor:
 
     def _spawn(self, part: Part) -> None:
         for path, text in part.files.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
+            write_private(path, text)
         part.log.parent.mkdir(parents=True, exist_ok=True)
         with open(part.log, "ab") as log:
             # A session of its own: Ctrl-C reaches only the supervisor, which stops parts in order.
@@ -131,7 +135,7 @@ class Supervisor:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=self.env,
+                env={**self.env, **part.env},
                 start_new_session=True,
                 # The death signal follows the forking thread: the supervisor forks from main.
                 preexec_fn=_die_with_parent,

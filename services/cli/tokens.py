@@ -24,7 +24,7 @@ from services.cli.common import (
     unknown,
 )
 from shared.catalogue import DEFAULT_CATALOGUE
-from shared.tokens import TokenRecord, TokenStore
+from shared.tokens import TokenRecord, TokenStore, read_last_used
 
 app = typer.Typer(
     help="Issue, revoke and list the bearer tokens authority systems post events with. "
@@ -97,25 +97,29 @@ def revoke(
 
 @app.command("list")
 def list_tokens(data_dir: DataDirOption = DEFAULT_DATA_DIR) -> None:
-    """List the tokens issued: id, authority, when created and when revoked.
+    """List the tokens issued: id, authority, when created, last used and revoked.
 
-    Neither tokens nor their hashes are shown.
+    Neither tokens nor their hashes are shown. The column services note uses in memory and
+    write them out about once a minute, so "last used" may lag by that much.
     """
     with _token_file(data_dir) as store:
         records = store.list()
+        last_used = read_last_used(data_dir)
     if not records:
         typer.echo(f"No tokens issued yet in {store.path}.")
         return
-    Console().print(_token_table(records))
+    Console().print(_token_table(records, last_used))
 
 
-def _token_table(records: list[TokenRecord]) -> Table:
-    table = Table("id", "authority", "created (UTC)", "revoked (UTC)")
+def _token_table(records: list[TokenRecord], last_used: dict[str, str]) -> Table:
+    table = Table("id", "authority", "created (UTC)", "last used (UTC)", "revoked (UTC)")
     for record in records:
+        used = last_used.get(record.token_id)
         table.add_row(
             Text(record.token_id),
             Text(record.authority),
             Text(_when(record.created_at)),
+            Text(_when(used) if used else "never"),
             Text(_when(record.revoked_at) if record.revoked_at else "-"),
         )
     return table

@@ -142,8 +142,9 @@ class Feed:
     async def post(self, posts: list[Post]) -> Outcome:
         """Send posts of one authority to one column service, as one event or a batch.
 
-        Retries with the same ids while the service is unreachable or answers 503, which is
-        what the contract asks of a client; gives up after ``RETRY_FOR`` seconds.
+        Retries with the same ids while the service is unreachable or answers 503 (or 429,
+        over the token's rate limit), as the contract asks of a client, waiting what
+        Retry-After says; gives up after ``RETRY_FOR`` seconds.
         """
         first = posts[0]
         url = self.endpoints[first.column].rstrip("/") + "/v1/events"
@@ -162,7 +163,7 @@ class Feed:
                 wait = 1.0
             else:
                 outcome = outcome_of(response)
-                if response.status_code != 503:
+                if response.status_code not in (429, 503):
                     return outcome
                 wait = float(response.headers.get("Retry-After", "1"))
             if asyncio.get_running_loop().time() + wait > deadline:

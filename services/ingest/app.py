@@ -8,7 +8,9 @@ Run it with ``cotn serve ingest --column <id>``, or with
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 from fastapi import FastAPI
@@ -18,10 +20,13 @@ from services.ingest import openapi
 from services.ingest.metrics import IngestMetrics
 from services.ingest.problems import http_exception_handler
 from services.ingest.publisher import EventBus
+from services.ingest.ratelimit import RateLimiter
 from services.ingest.router import IngestContext, router
 from services.ingest.settings import IngestSettings
 from shared.catalogue import load_catalogue
-from shared.tokens import TokenStore
+from shared.tokens import TokenStore, TokenUsage
+
+log = logging.getLogger("cotn.ingest")
 
 
 class UnknownColumnError(ValueError):
@@ -42,7 +47,21 @@ def create_app(settings: IngestSettings, *, clock: Callable[[], datetime] = utc_
             f"column {settings.column!r} is not in the catalogue: choose one of {known}"
         )
     bus = EventBus(settings)
+    usage = TokenUsage(settings.data_dir, every=settings.last_used_flush_seconds)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            # The uses noted since the last flush would be lost with the process.
+            try:
+                usage.flush()
+            except OSError as exc:
+                log.warning("cannot write %s: %s", usage.path, exc)
+
     app = FastAPI(
+        lifespan=lifespan,
         title=f"COTN {column.id} column service",
         description=(
             f"Accepts CloudEvents from authority systems for the proposals of the "
@@ -56,8 +75,10 @@ def create_app(settings: IngestSettings, *, clock: Callable[[], datetime] = utc_
         catalogue=catalogue,
         tokens=TokenStore.in_dir(settings.data_dir),
         bus=bus,
-        metrics=IngestMetrics(column.id),
+        metrics=IngestMetrics(column.id, authorities=catalogue.authority_by_id),
         clock=clock,
+        limiter=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
+        usage=usage,
     )
     app.include_router(router)
     app.include_router(bus.router)

@@ -24,6 +24,7 @@ TITLES = {
     "unsupported_media_type": "Unsupported media type",
     "unauthenticated": "Unauthenticated",
     "forbidden": "Forbidden",
+    "rate_limited": "Too many events",
     "invalid": "Invalid event",
     "bus_unavailable": "Event bus unavailable",
 }

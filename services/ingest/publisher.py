@@ -111,9 +111,12 @@ class EventBus:
         self._retry_wait = settings.reconnect_wait_seconds
         self._in_flight = asyncio.Semaphore(settings.max_in_flight)
         self._warned = False
+        self._manage_streams = settings.manage_streams
         self.router = IngestNatsRouter(
             str(settings.nats_url),
             name=f"cotn-ingest-{settings.column}",
+            # The only inbox its NATS user may read: see shared.natsauth.
+            inbox_prefix=settings.nats_inbox_prefix,
             max_reconnect_attempts=-1,  # for ever: the service waits for NATS, it never gives up
             reconnect_time_wait=settings.reconnect_wait_seconds,  # type: ignore[arg-type]
             connect_timeout=2,
@@ -128,8 +131,12 @@ class EventBus:
         self.broker.on_connected = self.ensure_streams
 
     async def ensure_streams(self) -> None:
-        """Create or update the streams, retrying until JetStream answers."""
-        while True:
+        """Create or update the streams, retrying until JetStream answers.
+
+        Nothing to do when ``cotn nats setup`` manages them (``manage_streams`` off): the
+        service's NATS user may not, and ``/readyz`` says when the stream is missing.
+        """
+        while self._manage_streams:
             try:
                 js = self.broker.connection.jetstream(timeout=self._timeout)
                 await ensure_streams(js, self._stream_settings)

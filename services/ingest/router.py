@@ -1,12 +1,14 @@
 """HTTP handlers of a column service: ``POST /v1/events`` and the probes.
 
 A request is checked in this order, each step answering with its own status: token (401),
-content type (415), size (413), JSON (400), events (403 before 422), then the bus (503).
-Unauthenticated clients therefore never cost a body read.
+the token's rate (429, one event's worth), content type (415), size (413), JSON (400), the
+rate again for the rest of its events (429), events (403 before 422), then the bus (503).
+Unauthenticated and throttled clients therefore never cost a body read.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,13 +32,16 @@ from services.ingest.decoding import (
     decode_json,
     read_capped,
 )
-from services.ingest.metrics import IngestMetrics
+from services.ingest.metrics import UNKNOWN_AUTHORITY, IngestMetrics
 from services.ingest.problems import ProblemError, problem_response
 from services.ingest.publisher import BusUnavailable, EventBus
+from services.ingest.ratelimit import RateLimiter
 from services.ingest.settings import IngestSettings
 from shared.catalogue import Catalogue
-from shared.tokens import TokenStore
+from shared.tokens import TokenRecord, TokenStore, TokenUsage
 from shared.validation import Problem
+
+log = logging.getLogger("cotn.ingest")
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,8 @@ class IngestContext:
     bus: EventBus
     metrics: IngestMetrics
     clock: Callable[[], datetime]
+    limiter: RateLimiter
+    usage: TokenUsage
 
 
 class IngestResult(BaseModel):
@@ -87,6 +94,10 @@ router = APIRouter()
         413: openapi.problem("The body or the batch is too large"),
         415: openapi.problem("Not a CloudEvents JSON content type"),
         422: openapi.problem("An event is invalid; nothing was published"),
+        429: openapi.problem(
+            "The token sent more events than its rate limit allows; nothing was published",
+            {"Retry-After": "Seconds until the whole request fits the limit"},
+        ),
         503: openapi.problem(
             "The bus cannot take the events now; retry with the same ids",
             {"Retry-After": "Seconds to wait before retrying"},
@@ -100,30 +111,33 @@ async def post_events(request: Request, context: Context, credentials: Credentia
     `source` and `id`) is listed under `duplicates` and stored once.
     """
     started = perf_counter()
+    authority = UNKNOWN_AUTHORITY
     try:
-        result = await _ingest(request, context, credentials)
+        token = _authenticate(context.tokens, credentials)
+        authority = token.authority
+        _note_use(context, token)
+        result = await _ingest(request, context, token)
     except ProblemError as problem:
-        _count_refusal(context.metrics, problem)
+        _count_refusal(context.metrics, problem, authority)
         return problem_response(problem)
     finally:
         context.metrics.observe_request(perf_counter() - started)
     return JSONResponse(result.model_dump(), status_code=202)
 
 
-async def _ingest(
-    request: Request, context: IngestContext, credentials: HTTPAuthorizationCredentials | None
-) -> IngestResult:
+async def _ingest(request: Request, context: IngestContext, token: TokenRecord) -> IngestResult:
     settings = context.settings
-    authority = _authenticate(context.tokens, credentials)
+    _throttle(context, token, 1)
     mode = content_mode(request.headers.get("content-type"), request.headers)
     check_declared_length(request.headers.get("content-length"), settings.max_body_bytes)
     body = await read_capped(request.stream(), settings.max_body_bytes)
     raws = _events_of(mode, decode_json(body), request.headers, settings.max_batch)
+    _throttle(context, token, len(raws) - 1, rejected_types=[raw_type(r) for r in raws])
     batch = check_events(
         raws,
         catalogue=context.catalogue,
         column=settings.column,
-        authority=authority,
+        authority=token.authority,
         now=context.clock(),
     )
     if batch.problems:
@@ -139,10 +153,12 @@ async def _ingest(
             headers={"Retry-After": str(settings.retry_after_seconds)},
             rejected_types=[raw_type(r) for r in raws],
         ) from exc
-    return _result(batch, already_stored, context.metrics)
+    return _result(batch, already_stored, context.metrics, token.authority)
 
 
-def _authenticate(tokens: TokenStore, credentials: HTTPAuthorizationCredentials | None) -> str:
+def _authenticate(
+    tokens: TokenStore, credentials: HTTPAuthorizationCredentials | None
+) -> TokenRecord:
     if credentials is None:
         raise ProblemError(
             401,
@@ -150,15 +166,49 @@ def _authenticate(tokens: TokenStore, credentials: HTTPAuthorizationCredentials 
             "send the authority's token as Authorization: Bearer <token>",
             headers={"WWW-Authenticate": 'Bearer realm="cotn"'},
         )
-    authority = tokens.authority_of(credentials.credentials)
-    if authority is None:
+    record = tokens.record_of(credentials.credentials)
+    if record is None:
         raise ProblemError(
             401,
             "unauthenticated",
             "the token is unknown or revoked",
             headers={"WWW-Authenticate": 'Bearer realm="cotn", error="invalid_token"'},
         )
-    return authority
+    return record
+
+
+def _note_use(context: IngestContext, token: TokenRecord) -> None:
+    """Remember the token's use; write the uses out when a flush is due.
+
+    On the event loop, on purpose: a small file once a minute, and no thread can then race
+    the in-memory map.
+    """
+    context.usage.touch(token.token_id)
+    if context.usage.due():
+        try:
+            context.usage.flush()
+        except OSError as exc:  # bookkeeping only: never refuse an event over it
+            log.warning("cannot write %s: %s", context.usage.path, exc)
+
+
+def _throttle(
+    context: IngestContext, token: TokenRecord, cost: int, rejected_types: Sequence[str] = ()
+) -> None:
+    """Charge ``cost`` events to the token, or refuse the request with 429 and Retry-After."""
+    if cost <= 0:
+        return
+    wait = context.limiter.take(token.token_id, cost)
+    if wait:
+        settings = context.settings
+        raise ProblemError(
+            429,
+            "rate_limited",
+            f"token {token.token_id} of {token.authority} may send "
+            f"{settings.rate_limit_per_second:g} events a second, "
+            f"{settings.rate_limit_burst} at once; retry this request after {wait} s",
+            headers={"Retry-After": str(wait)},
+            rejected_types=rejected_types,
+        )
 
 
 def _events_of(mode: Mode, decoded: Any, headers: Mapping[str, str], max_batch: int) -> list[Any]:
@@ -194,7 +244,7 @@ def _refusal(batch: CheckedBatch, raws: Sequence[Any]) -> ProblemError:
 
 
 def _result(
-    batch: CheckedBatch, already_stored: list[bool], metrics: IngestMetrics
+    batch: CheckedBatch, already_stored: list[bool], metrics: IngestMetrics, authority: str
 ) -> IngestResult:
     outcomes = [
         (c.index, c.id, c.type, "duplicate" if stored else "accepted")
@@ -203,17 +253,17 @@ def _result(
     outcomes += [(c.index, c.id, c.type, "duplicate") for c in batch.repeats]
     outcomes.sort()
     for (event_type, outcome), n in Counter((t, o) for _, _, t, o in outcomes).items():
-        metrics.count_events(event_type, outcome, n)
+        metrics.count_events(authority, event_type, outcome, n)
     return IngestResult(
         accepted=[i for _, i, _, o in outcomes if o == "accepted"],
         duplicates=[i for _, i, _, o in outcomes if o == "duplicate"],
     )
 
 
-def _count_refusal(metrics: IngestMetrics, problem: ProblemError) -> None:
-    metrics.count_rejection(problem.reason)
+def _count_refusal(metrics: IngestMetrics, problem: ProblemError, authority: str) -> None:
+    metrics.count_rejection(authority, problem.reason)
     for event_type, n in Counter(problem.rejected_types).items():
-        metrics.count_events(event_type, "rejected", n)
+        metrics.count_events(authority, event_type, "rejected", n)
 
 
 @router.get("/healthz", summary="Liveness: the process answers")

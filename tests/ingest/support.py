@@ -33,6 +33,7 @@ PROBLEM_TITLES = {
     "unsupported_media_type": "Unsupported media type",
     "unauthenticated": "Unauthenticated",
     "forbidden": "Forbidden",
+    "rate_limited": "Too many events",
     "invalid": "Invalid event",
     "bus_unavailable": "Event bus unavailable",
 }
@@ -107,8 +108,16 @@ class Ingest:
         return await self.client.post("/v1/events", content=content, headers=sent)
 
     def metric(self, name: str, **labels: str) -> float | None:
+        """The sum of the samples of ``name`` with these labels (any authority unless given)."""
         registry = self.app.state.ingest.metrics.registry
-        return registry.get_sample_value(name, {"column": "collaboration", **labels})
+        wanted = {"column": "collaboration", **labels}
+        values = [
+            sample.value
+            for family in registry.collect()
+            for sample in family.samples
+            if sample.name == name and wanted.items() <= sample.labels.items()
+        ]
+        return sum(values) if values else None
 
 
 async def wait_for(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:

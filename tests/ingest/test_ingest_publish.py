@@ -145,7 +145,10 @@ async def test_metrics_count_outcomes_and_requests(service: Ingest) -> None:
     assert service.metric("cotn_ingest_request_duration_seconds_count") == 4
 
     exposition = (await service.client.get("/metrics")).text
-    assert 'cotn_ingest_events_total{column="collaboration",outcome="accepted"' in exposition
+    assert (
+        'cotn_ingest_events_total{authority="greater-manchester",column="collaboration",'
+        'outcome="accepted"' in exposition
+    )
     assert "cotn_ingest_request_duration_seconds_bucket" in exposition
 
 

@@ -20,8 +20,18 @@ from dashboards.builders import JSON_DIR
 from dashboards.builders.common import DATASOURCE_UID
 from services.aggregator.settings import AggregatorSettings
 from services.cli.main import app
+from services.cli.nats import ADMIN_URL_ENV
 from services.ingest.settings import IngestSettings
 from shared.catalogue import CATALOGUE_ENV, Catalogue
+from shared.natsauth import (
+    ADMIN_USER,
+    AGGREGATOR_USER,
+    ENVIRONMENT_VARIABLE,
+    ingest_user,
+    password_of,
+    password_variable,
+    user_of,
+)
 
 from .support import COMPOSE_FILE, PROMETHEUS_CONFIG, REPO, load_yaml
 
@@ -32,7 +42,7 @@ SETTINGS: dict[str, type[BaseSettings]] = {
     "COTN_INGEST_": IngestSettings,
     "COTN_AGGREGATOR_": AggregatorSettings,
 }
-OTHER_COTN_VARIABLES = {CATALOGUE_ENV, "COTN_DATA_DIR"}
+OTHER_COTN_VARIABLES = {CATALOGUE_ENV, "COTN_DATA_DIR", ENVIRONMENT_VARIABLE, ADMIN_URL_ENV}
 DEFAULTED = re.compile(r"\$\{[A-Z_]+:-([^}]*)\}")
 
 
@@ -179,16 +189,43 @@ def test_cotn_variables_are_real_settings(
         ]
         assert known or key in OTHER_COTN_VARIABLES, f"{service}: {key} is read by nothing"
         monkeypatch.setenv(key, value)
+    command = [str(c) for c in SERVICES[service]["command"]]
+    if command == ["nats", "setup"]:
+        assert user_of(environment[ADMIN_URL_ENV]) == ADMIN_USER
+        return
     # The catalogue the services read is the repository's, mounted read-only.
     assert host_path(service, environment[CATALOGUE_ENV]).is_file()
-    command = [str(c) for c in SERVICES[service]["command"]]
+    # Each service logs in to NATS as its own user and leaves the streams to nats-setup.
     if command[1] == "ingest":
         ingest = IngestSettings(column=option(command, "--column"))
         assert ingest.column in catalogue.column_by_id
+        assert user_of(str(ingest.nats_url)) == ingest_user(ingest.column)
+        assert ingest.manage_streams is False
     else:
         aggregator = AggregatorSettings()
         assert aggregator.database_url.startswith("postgresql+asyncpg://")
         assert aggregator.migrate_on_start is False
+        assert user_of(str(aggregator.nats_url)) == AGGREGATOR_USER
+        assert aggregator.manage_streams is False
+
+
+def test_every_nats_password_reaches_the_server_and_its_service() -> None:
+    """nats.conf reads each user's password from a variable of the nats service; every
+    service's URL carries the same variable (with the same default)."""
+    conf = host_path("nats", "/etc/nats/nats.conf").read_text()
+    server_env = SERVICES["nats"]["environment"]
+    assert set(re.findall(r"password: \$([A-Z_]+)", conf)) == set(server_env)
+    urls = [
+        value
+        for spec in cotn_services().values()
+        for key, value in spec["environment"].items()
+        if key.endswith("NATS_URL") or key == ADMIN_URL_ENV
+    ]
+    assert len(urls) == len(server_env)  # the administrator, the aggregator, three columns
+    for url in urls:
+        variable = password_variable(str(user_of(interpolate(url))))
+        assert f"${{{variable}:-" in url
+        assert password_of(interpolate(url)) == interpolate(server_env[variable])
 
 
 def test_migrations_run_once_before_the_aggregator() -> None:
@@ -204,17 +241,27 @@ def test_migrations_run_once_before_the_aggregator() -> None:
     assert condition == "service_completed_successfully"
 
 
+def one_shot(service: str) -> bool:
+    """A service that runs to completion before others start (migrations, nats-setup)."""
+    return SERVICES[service].get("restart") == "no"
+
+
 @pytest.mark.parametrize("service", sorted(SERVICES))
 def test_dependencies_wait_for_health(service: str) -> None:
     for dependency, spec in SERVICES[service].get("depends_on", {}).items():
-        expected = (
-            "service_completed_successfully" if dependency == "migrations" else "service_healthy"
-        )
+        expected = "service_completed_successfully" if one_shot(dependency) else "service_healthy"
         assert spec["condition"] == expected, f"{service} -> {dependency}"
         if expected == "service_healthy":
             assert "healthcheck" in SERVICES[dependency], dependency
-    if service != "migrations":
+    if not one_shot(service):
         assert "healthcheck" in SERVICES[service]
+
+
+def test_the_streams_are_set_up_before_any_service_uses_them() -> None:
+    for name in cotn_services():
+        if name != "nats-setup":
+            condition = SERVICES[name]["depends_on"]["nats-setup"]["condition"]
+            assert condition == "service_completed_successfully", name
 
 
 # -- ports ------------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ def exported_metric_names(catalogue: Catalogue) -> set[str]:
     """Every metric and sample name the column services and the aggregator export."""
     registry = CollectorRegistry()
     OperationalMetrics(registry)
-    IngestMetrics("business", registry)
+    IngestMetrics("business", registry, authorities=catalogue.authority_by_id)
     names = {s.name for family in registry.collect() for s in family.samples}
     health = programme_health(catalogue, ProgrammeState(), datetime.now(UTC))
     names |= {family.name for family in programme_families(programme_view(catalogue, health))}
