@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from shared.durations import Duration
 
 DEFAULT_CATALOGUE = Path(__file__).parent / "data" / "catalogue.yaml"
+# libyaml's safe loader where PyYAML was built with it: a large catalogue loads ~10x faster.
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 CATALOGUE_ENV = "COTN_CATALOGUE"
 
 Id = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
@@ -69,8 +71,13 @@ class Proposal(_Model):
     overdue_grace: Duration = timedelta(days=14)
     dates_are_draft: bool = True
 
+    @cached_property
+    def milestone_by_id(self) -> dict[str, Milestone]:
+        return {m.id: m for m in reversed(self.milestones)}
+
     def milestone(self, milestone_id: str) -> Milestone | None:
-        return next((m for m in self.milestones if m.id == milestone_id), None)
+        """The milestone with this id (the first, should a catalogue repeat one), or None."""
+        return self.milestone_by_id.get(milestone_id)
 
 
 class Point(_Model):
@@ -135,6 +142,15 @@ class Catalogue(_Model):
     @cached_property
     def column_by_id(self) -> dict[str, Column]:
         return {c.id: c for c in self.columns}
+
+    @cached_property
+    def kpis_evidencing(self) -> dict[str, list[Kpi]]:
+        """Proposal id -> the KPIs that evidence it, in catalogue order."""
+        out: dict[str, list[Kpi]] = {}
+        for k in self.kpis:
+            for p in dict.fromkeys(k.evidences):
+                out.setdefault(p, []).append(k)
+        return out
 
     def proposals_of(self, column_id: str) -> list[Proposal]:
         return [self.proposal_by_id[p] for p in self.column_by_id[column_id].proposals]
@@ -243,7 +259,7 @@ def check_catalogue(path: str | Path) -> tuple[Catalogue | None, list[str]]:
     """Load a catalogue file and return it with every problem found, each naming its place."""
     source = str(path)
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        raw = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=SAFE_LOADER)
     except OSError as exc:
         return None, [f"{source}: cannot read: {exc.strerror or exc}"]
     except yaml.YAMLError as exc:

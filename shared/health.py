@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
+from functools import cached_property, lru_cache
 from typing import Literal
 
 from shared.catalogue import Catalogue, Kpi, Proposal
@@ -70,6 +71,15 @@ class ProgrammeState:
 
     milestones: Mapping[tuple[str, str], MilestoneState] = field(default_factory=dict)
     kpi_observations: Mapping[str, Sequence[KpiObservation]] = field(default_factory=dict)
+
+    @cached_property
+    def milestones_by_proposal(self) -> Mapping[str, Sequence[MilestoneState]]:
+        """The milestone states of each proposal, grouped once: rating a large programme
+        must not scan every state for every proposal."""
+        grouped: dict[str, list[MilestoneState]] = {}
+        for (pid, _), s in self.milestones.items():
+            grouped.setdefault(pid, []).append(s)
+        return grouped
 
 
 @dataclass(frozen=True)
@@ -150,6 +160,15 @@ def _midnight(day: date) -> datetime:
     return datetime.combine(day, time(), tzinfo=UTC)
 
 
+ONE_DAY = timedelta(days=1)
+
+
+@lru_cache(maxsize=65536)
+def _late_from(due: date) -> datetime:
+    """When a milestone due on ``due`` becomes overdue: the start of the next day (UTC)."""
+    return _midnight(due + ONE_DAY)
+
+
 def _fraction(start: date, end: date, at: date) -> float:
     span = (end - start).days
     return min(1.0, max(0.0, (at - start).days / span))
@@ -209,10 +228,11 @@ def milestone_health(
     proposal: Proposal, state: ProgrammeState, now: datetime
 ) -> tuple[MilestoneHealth, ...]:
     out = []
+    states, pid, grace = state.milestones, proposal.id, proposal.overdue_grace
     for m in proposal.milestones:
-        s = state.milestones.get((proposal.id, m.id))
+        s = states.get((pid, m.id))
         status = s.status if s else "not_started"
-        late_from = _midnight(m.due + timedelta(days=1))
+        late_from = _late_from(m.due)
         overdue = status != "completed" and now >= late_from
         out.append(
             MilestoneHealth(
@@ -221,7 +241,7 @@ def milestone_health(
                 due=m.due,
                 status=status,
                 overdue=overdue,
-                overdue_beyond_grace=overdue and now >= late_from + proposal.overdue_grace,
+                overdue_beyond_grace=overdue and now >= late_from + grace,
                 updated_at=s.event_time if s else None,
                 source=s.source if s else None,
                 note=s.note if s else None,
@@ -234,10 +254,11 @@ def last_progress(
     proposal: Proposal, state: ProgrammeState, programme_start: date
 ) -> tuple[datetime, bool]:
     """The newest milestone event time of the proposal, or the programme start if none."""
+    known = {m.id for m in proposal.milestones}
     times = [
         s.event_time
-        for (pid, _), s in state.milestones.items()
-        if pid == proposal.id and proposal.milestone(s.milestone) is not None
+        for s in state.milestones_by_proposal.get(proposal.id, ())
+        if s.milestone in known
     ]
     if times:
         return max(times), True
@@ -308,8 +329,8 @@ def proposal_health(
                 since=progress,
             )
         )
-    for k in catalogue.kpis:
-        if proposal.id in k.evidences and kpis[k.id].on_track is False:
+    for k in catalogue.kpis_evidencing.get(proposal.id, ()):
+        if kpis[k.id].on_track is False:
             h = kpis[k.id]
             reasons.append(
                 Reason(

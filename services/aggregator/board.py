@@ -10,7 +10,7 @@ strings and never interpreted.
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -138,29 +138,105 @@ class KpiListOut(_Out):
     kpis: list[KpiOut]
 
 
+# The views are built as plain dicts shaped exactly like the models' JSON (same keys, same
+# order, floats as floats). The read API serialises the whole board's dict directly and
+# /metrics reads it, so a board of thousands of milestones costs no model per milestone;
+# the model functions below validate the same dicts, so the two cannot drift apart.
+
+
+def _float(value: float | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def _reason(reason: Reason) -> dict[str, Any]:
+    return {
+        "rule": reason.rule,
+        "rag": reason.rag,
+        "detail": reason.detail,
+        "milestone": reason.milestone,
+        "kpi": reason.kpi,
+        "since": reason.since,
+    }
+
+
+def _milestone(m: MilestoneHealth) -> dict[str, Any]:
+    return {
+        "id": m.id,
+        "title": m.title,
+        "due": m.due,
+        "status": m.status,
+        "overdue": m.overdue,
+        "overdue_beyond_grace": m.overdue_beyond_grace,
+        "updated_at": m.updated_at,
+        "source": m.source,
+        "note": m.note,
+    }
+
+
+def _proposal(proposal: Proposal, health: ProposalHealth, detail: bool = True) -> dict[str, Any]:
+    counts = milestone_counts(health)
+    if not detail:
+        # What the metrics read: no reasons, milestones by id and overdue only.
+        return {
+            "id": proposal.id,
+            "kind": proposal.kind,
+            "title": proposal.title,
+            "rag": health.rag,
+            "stalled": health.stalled,
+            "last_progress": health.last_progress,
+            "stall_threshold_seconds": health.stall_threshold.total_seconds(),
+            "milestone_counts": counts,
+            "unfinished_milestones": len(health.milestones) - counts["completed"],
+            "milestones": [{"id": m.id, "overdue": m.overdue} for m in health.milestones],
+        }
+    return {
+        "id": proposal.id,
+        "kind": proposal.kind,
+        "title": proposal.title,
+        "column": health.column,
+        "priority": proposal.priority,
+        "partners": proposal.partners,
+        "rag": health.rag,
+        "reasons": [_reason(r) for r in health.reasons],
+        "stalled": health.stalled,
+        "last_progress": health.last_progress,
+        "has_progress": health.has_progress,
+        "stall_threshold_seconds": health.stall_threshold.total_seconds(),
+        "dates_are_draft": proposal.dates_are_draft,
+        "milestone_counts": counts,
+        "unfinished_milestones": len(health.milestones) - counts["completed"],
+        "overdue": health.overdue,
+        "milestones": [_milestone(m) for m in health.milestones],
+    }
+
+
+def _kpi(kpi: Kpi, health: KpiHealth) -> dict[str, Any]:
+    return {
+        "id": kpi.id,
+        "title": kpi.title,
+        "unit": kpi.unit,
+        "direction": kpi.direction,
+        "shape": kpi.shape,
+        "tolerance": float(kpi.tolerance),
+        "baseline": {"value": float(health.baseline), "date": health.baseline_date},
+        "target": {"value": float(health.target), "date": health.target_date},
+        "target_is_draft": kpi.target_is_draft,
+        "actual": _float(health.actual),
+        "actual_period": health.actual_period,
+        "reported_at": health.reported_at,
+        "expected": float(health.expected_now),
+        "expected_at_actual": _float(health.expected_at_actual),
+        "on_track": health.on_track,
+        "evidences": kpi.evidences,
+    }
+
+
 def reason_view(reason: Reason) -> ReasonOut:
-    return ReasonOut(
-        rule=reason.rule,
-        rag=reason.rag,
-        detail=reason.detail,
-        milestone=reason.milestone,
-        kpi=reason.kpi,
-        since=reason.since,
-    )
+    return ReasonOut.model_validate(_reason(reason))
 
 
 def milestone_view(m: MilestoneHealth) -> MilestoneOut:
-    return MilestoneOut(
-        id=m.id,
-        title=m.title,
-        due=m.due,
-        status=m.status,
-        overdue=m.overdue,
-        overdue_beyond_grace=m.overdue_beyond_grace,
-        updated_at=m.updated_at,
-        source=m.source,
-        note=m.note,
-    )
+    return MilestoneOut.model_validate(_milestone(m))
 
 
 def milestone_counts(health: ProposalHealth) -> dict[str, int]:
@@ -172,73 +248,52 @@ def milestone_counts(health: ProposalHealth) -> dict[str, int]:
 
 def proposal_view(proposal: Proposal, health: ProposalHealth) -> ProposalOut:
     """One proposal's board entry from its catalogue entry and its health."""
-    counts = milestone_counts(health)
-    return ProposalOut(
-        id=proposal.id,
-        kind=proposal.kind,
-        title=proposal.title,
-        column=health.column,
-        priority=proposal.priority,
-        partners=list(proposal.partners),
-        rag=health.rag,
-        reasons=[reason_view(r) for r in health.reasons],
-        stalled=health.stalled,
-        last_progress=health.last_progress,
-        has_progress=health.has_progress,
-        stall_threshold_seconds=health.stall_threshold.total_seconds(),
-        dates_are_draft=proposal.dates_are_draft,
-        milestone_counts=counts,
-        unfinished_milestones=len(health.milestones) - counts["completed"],
-        overdue=health.overdue,
-        milestones=[milestone_view(m) for m in health.milestones],
-    )
+    return ProposalOut.model_validate(_proposal(proposal, health))
 
 
 def kpi_view(kpi: Kpi, health: KpiHealth) -> KpiOut:
-    return KpiOut(
-        id=kpi.id,
-        title=kpi.title,
-        unit=kpi.unit,
-        direction=kpi.direction,
-        shape=kpi.shape,
-        tolerance=kpi.tolerance,
-        baseline=PointOut(value=health.baseline, date=health.baseline_date),
-        target=PointOut(value=health.target, date=health.target_date),
-        target_is_draft=kpi.target_is_draft,
-        actual=health.actual,
-        actual_period=health.actual_period,
-        reported_at=health.reported_at,
-        expected=health.expected_now,
-        expected_at_actual=health.expected_at_actual,
-        on_track=health.on_track,
-        evidences=list(kpi.evidences),
-    )
+    return KpiOut.model_validate(_kpi(kpi, health))
+
+
+def _kpis(catalogue: Catalogue, health: ProgrammeHealth) -> list[dict[str, Any]]:
+    return [_kpi(k, health.kpis[k.id]) for k in catalogue.kpis]
 
 
 def kpi_views(catalogue: Catalogue, health: ProgrammeHealth) -> list[KpiOut]:
     """Every KPI in catalogue order."""
-    return [kpi_view(k, health.kpis[k.id]) for k in catalogue.kpis]
+    return [KpiOut.model_validate(k) for k in _kpis(catalogue, health)]
+
+
+def programme_document(
+    catalogue: Catalogue, health: ProgrammeHealth, *, detail: bool = True
+) -> dict[str, Any]:
+    """The whole board as the plain data of :class:`ProgrammeOut` (what the API serialises).
+
+    ``detail=False`` leaves out what no metric reads (reasons, milestone titles, notes), for
+    ``/metrics``: the same function, so the board and the metrics cannot disagree.
+    """
+    columns = [
+        {
+            "id": c.id,
+            "title": c.title,
+            "proposals": [
+                _proposal(p, health.proposals[p.id], detail) for p in catalogue.proposals_of(c.id)
+            ],
+        }
+        for c in catalogue.columns
+    ]
+    return {
+        "name": catalogue.programme,
+        "status": catalogue.status,
+        "generated_at": health.at,
+        "columns": columns,
+        "kpis": _kpis(catalogue, health),
+    }
 
 
 def programme_view(catalogue: Catalogue, health: ProgrammeHealth) -> ProgrammeOut:
     """The whole board: columns in catalogue order, each with its proposals, then the KPIs."""
-    columns = [
-        ColumnOut(
-            id=c.id,
-            title=c.title,
-            proposals=[
-                proposal_view(p, health.proposals[p.id]) for p in catalogue.proposals_of(c.id)
-            ],
-        )
-        for c in catalogue.columns
-    ]
-    return ProgrammeOut(
-        name=catalogue.programme,
-        status=catalogue.status,
-        generated_at=health.at,
-        columns=columns,
-        kpis=kpi_views(catalogue, health),
-    )
+    return ProgrammeOut.model_validate(programme_document(catalogue, health))
 
 
 def proposal_detail(
@@ -248,15 +303,19 @@ def proposal_detail(
     proposal = catalogue.proposal_by_id.get(proposal_id)
     if proposal is None:
         return None
-    base = proposal_view(proposal, health.proposals[proposal.id])
-    kpis = [kpi_view(k, health.kpis[k.id]) for k in catalogue.kpis if proposal.id in k.evidences]
-    return ProposalDetailOut(
-        **dict(base), text=proposal.text, annex_text=proposal.annex_text, kpis=kpis
+    kpis = [_kpi(k, health.kpis[k.id]) for k in catalogue.kpis_evidencing.get(proposal.id, ())]
+    return ProposalDetailOut.model_validate(
+        {
+            **_proposal(proposal, health.proposals[proposal.id]),
+            "text": proposal.text,
+            "annex_text": proposal.annex_text,
+            "kpis": kpis,
+        }
     )
 
 
 def kpi_list(catalogue: Catalogue, health: ProgrammeHealth) -> KpiListOut:
-    return KpiListOut(generated_at=health.at, kpis=kpi_views(catalogue, health))
+    return KpiListOut.model_validate({"generated_at": health.at, "kpis": _kpis(catalogue, health)})
 
 
 def rag_value(rag: str) -> int:

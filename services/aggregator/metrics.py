@@ -2,34 +2,64 @@
 
 Programme metrics are never kept in process memory: each scrape loads the stored state,
 rates it (the same :func:`~services.aggregator.board.programme_view` as ``/v1/programme``)
-and renders it through a collector in a registry of its own, so a restart or a second
-replica exports the same values (CONTRACT §6). prometheus_client collectors are
-synchronous, hence the order: load asynchronously first, then render.
+and renders it, so a restart or a second replica exports the same values (CONTRACT §6).
+
+The programme gauges are rendered by :func:`render_gauges`, which writes the text that
+prometheus_client's ``generate_latest`` writes for the same families (label names sorted,
+values as Go formats them) without building a sample object per series: a programme of a
+thousand proposals has tens of thousands of series, scraped every few seconds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from services.aggregator.api import Clock, read_health
-from services.aggregator.board import ProgrammeOut, programme_view, rag_value
+from services.aggregator.board import ProgrammeOut, programme_document, rag_value
+from services.aggregator.store import collector_paused
 from shared.catalogue import Catalogue
 
 PROPOSAL_LABELS = ["column", "proposal"]
 
 
-def _gauge(name: str, documentation: str, labels: list[str]) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, documentation, labels=labels)
+@dataclass
+class Gauge:
+    """A gauge family as plain tuples: label values in ``labels`` order, and a value."""
+
+    name: str
+    documentation: str
+    labels: list[str]
+    samples: list[tuple[list[str], float]] = field(default_factory=list)
+
+    def add_metric(self, labels: list[str], value: float) -> None:
+        self.samples.append((labels, value))
+
+    def family(self) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(self.name, self.documentation, labels=self.labels)
+        for labels, value in self.samples:
+            family.add_metric(labels, value)
+        return family
+
+
+def _gauge(name: str, documentation: str, labels: list[str]) -> Gauge:
+    return Gauge(name, documentation, labels)
 
 
 def programme_families(board: ProgrammeOut) -> list[GaugeMetricFamily]:
-    """Every programme gauge for one board snapshot (a pure function, tested on its own)."""
+    """Every programme gauge for one board snapshot, as prometheus_client families."""
+    return [gauge.family() for gauge in programme_gauges(board.model_dump())]
+
+
+def programme_gauges(board: dict[str, Any]) -> list[Gauge]:
+    """Every programme gauge for one board snapshot, given as the board's plain data
+    (:func:`~services.aggregator.board.programme_document`); a pure function."""
     rag = _gauge("cotn_proposal_rag", "Proposal RAG: 0 green, 1 amber, 2 red", PROPOSAL_LABELS)
     stalled = _gauge(
         "cotn_proposal_stalled",
@@ -66,19 +96,19 @@ def programme_families(board: ProgrammeOut) -> list[GaugeMetricFamily]:
         "Always 1: the proposal's title and kind, to join onto other proposal metrics",
         [*PROPOSAL_LABELS, "title", "kind"],
     )
-    for column in board.columns:
-        for p in column.proposals:
-            labels = [column.id, p.id]
-            rag.add_metric(labels, rag_value(p.rag))
-            stalled.add_metric(labels, int(p.stalled))
-            last_progress.add_metric(labels, p.last_progress.timestamp())
-            threshold.add_metric(labels, p.stall_threshold_seconds)
-            unfinished.add_metric(labels, p.unfinished_milestones)
-            for status, count in p.milestone_counts.items():
+    for column in board["columns"]:
+        for p in column["proposals"]:
+            labels = [column["id"], p["id"]]
+            rag.add_metric(labels, rag_value(p["rag"]))
+            stalled.add_metric(labels, int(p["stalled"]))
+            last_progress.add_metric(labels, p["last_progress"].timestamp())
+            threshold.add_metric(labels, p["stall_threshold_seconds"])
+            unfinished.add_metric(labels, p["unfinished_milestones"])
+            for status, count in p["milestone_counts"].items():
                 milestones.add_metric([*labels, status], count)
-            for m in p.milestones:
-                overdue.add_metric([*labels, m.id], int(m.overdue))
-            info.add_metric([*labels, p.title, p.kind], 1)
+            for m in p["milestones"]:
+                overdue.add_metric([*labels, m["id"]], int(m["overdue"]))
+            info.add_metric([*labels, p["title"], p["kind"]], 1)
 
     value = _gauge("cotn_kpi_value", "The KPI's latest reported actual", ["kpi"])
     expected = _gauge("cotn_kpi_expected", "The KPI's trajectory value now", ["kpi"])
@@ -88,13 +118,13 @@ def programme_families(board: ProgrammeOut) -> list[GaugeMetricFamily]:
         "1 when the latest actual is worse than its trajectory beyond the KPI's tolerance",
         ["kpi"],
     )
-    for k in board.kpis:
-        expected.add_metric([k.id], k.expected)
-        target.add_metric([k.id], k.target.value)
+    for k in board["kpis"]:
+        expected.add_metric([k["id"]], k["expected"])
+        target.add_metric([k["id"]], k["target"]["value"])
         # No actual yet: no sample, rather than a zero that would read as a real value.
-        if k.actual is not None:
-            value.add_metric([k.id], k.actual)
-            off.add_metric([k.id], int(k.on_track is False))
+        if k["actual"] is not None:
+            value.add_metric([k["id"]], k["actual"])
+            off.add_metric([k["id"]], int(k["on_track"] is False))
     return [
         rag,
         stalled,
@@ -111,21 +141,52 @@ def programme_families(board: ProgrammeOut) -> list[GaugeMetricFamily]:
     ]
 
 
-class ProgrammeCollector(Collector):
-    """Yields the programme gauges of one board snapshot taken before the scrape renders."""
-
-    def __init__(self, board: ProgrammeOut) -> None:
-        self._board = board
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        yield from programme_families(self._board)
+_SMALL_INTS = [floatToGoString(n) for n in range(256)]
 
 
-def render_metrics(registry: CollectorRegistry, board: ProgrammeOut) -> bytes:
+def _value_text(value: float) -> str:
+    # Counts and flags are small ints: most series of a large programme.
+    if type(value) is int and 0 <= value < len(_SMALL_INTS):
+        return _SMALL_INTS[value]
+    return floatToGoString(value)
+
+
+class _Escaped(dict[str, str]):
+    """Label values escaped for the text format, each worked out once (ids and titles recur
+    on every scrape; the map is bounded by the catalogue)."""
+
+    def __missing__(self, value: str) -> str:
+        escaped = value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+        if len(self) < 100_000:
+            self[value] = escaped
+        return escaped
+
+
+_label_value = _Escaped().__getitem__
+
+
+def render_gauges(gauges: list[Gauge]) -> bytes:
+    """The 0.0.4 text exposition of ``gauges``, as ``generate_latest`` would write it."""
+    out: list[str] = []
+    for gauge in gauges:
+        help_text = gauge.documentation.replace("\\", r"\\").replace("\n", r"\n")
+        out.append(f"# HELP {gauge.name} {help_text}\n# TYPE {gauge.name} gauge\n")
+        # One format string per family, label names sorted as prometheus_client sorts them:
+        # 'name{a="{0}",b="{1}"} {2}\n' with the values' positions.
+        order = sorted(range(len(gauge.labels)), key=gauge.labels.__getitem__)
+        pairs = ",".join(f'{gauge.labels[i]}="{{{i}}}"' for i in order)
+        line = f"{gauge.name}{{{{{pairs}}}}} {{{len(order)}}}\n" if order else gauge.name + " {0}\n"
+        out.extend(
+            line.format(*map(_label_value, labels), _value_text(value))
+            for labels, value in gauge.samples
+        )
+    return "".join(out).encode()
+
+
+def render_metrics(registry: CollectorRegistry, board: ProgrammeOut | dict[str, Any]) -> bytes:
     """The operational registry's exposition followed by the programme gauges."""
-    scrape = CollectorRegistry(auto_describe=False)
-    scrape.register(ProgrammeCollector(board))
-    return generate_latest(registry) + generate_latest(scrape)
+    data = board.model_dump() if isinstance(board, ProgrammeOut) else board
+    return generate_latest(registry) + render_gauges(programme_gauges(data))
 
 
 def build_metrics_router(
@@ -146,8 +207,12 @@ def build_metrics_router(
         responses={200: {"content": {CONTENT_TYPE_PLAIN_0_0_4: {}}}},
     )
     async def metrics() -> Response:
-        health = await read_health(catalogue=catalogue, sessions=sessions, clock=clock)
-        body = render_metrics(registry, programme_view(catalogue, health))
+        with collector_paused():
+            health = await read_health(catalogue=catalogue, sessions=sessions, clock=clock)
+            board = programme_document(catalogue, health, detail=False)
+            del health  # freed inside the paused block: nothing left for the collector
+            body = render_metrics(registry, board)
+            del board
         # 0.0.4 is what generate_latest writes and what every Prometheus version reads.
         return Response(body, media_type=CONTENT_TYPE_PLAIN_0_0_4)
 

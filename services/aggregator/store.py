@@ -6,6 +6,12 @@ for the batch's events, then one upsert per projection whose WHERE keeps the new
 overwrites a newer status. Only events inserted by this batch move the projections. The
 caller owns the transaction: it commits, then acknowledges the messages.
 
+On PostgreSQL a batch travels as one array parameter per column, unnested by the server
+(``INSERT ... SELECT ... FROM unnest($1::varchar[], ...)``): one statement with twelve
+parameters instead of twelve per row, which is what the bare loop of ``bench`` does and
+about three times cheaper than a multi-row VALUES. SQLite has no arrays and takes the rows
+as ``executemany``, which its driver runs in C.
+
 Every function takes keyword arguments only and leaves committing to the caller.
 """
 
@@ -13,16 +19,19 @@ from __future__ import annotations
 
 import base64
 import binascii
+import gc
 import json
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from functools import cache
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import SQLModel, select
+from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.aggregator.models import (
@@ -35,6 +44,7 @@ from services.aggregator.models import (
     MilestoneStateRow,
     ProposalStatus,
 )
+from shared.events import KPI_TYPE, MILESTONE_TYPE
 from shared.health import KpiObservation, MilestoneState, ProgrammeState
 
 
@@ -92,11 +102,39 @@ def _insert(session: AsyncSession, table: sa.Table) -> postgresql.Insert | sqlit
 
 
 async def _core(
-    session: AsyncSession, statement: sa.Executable, rows: Sequence[dict[str, Any]] | None = None
+    session: AsyncSession,
+    statement: sa.Executable,
+    rows: Sequence[dict[str, Any]] | dict[str, Any] | None = None,
 ) -> sa.CursorResult[Any]:
     """Run a core statement (``rows``: many parameter sets) in the session's transaction."""
     connection = await session.connection()
     return await connection.execute(statement, rows)
+
+
+def _tuples(result: sa.CursorResult[Any]) -> list[tuple[Any, ...]]:
+    """Every row of ``result``, for unpacking by position (rows are tuples)."""
+    return cast(list[tuple[Any, ...]], result.all())
+
+
+def _is_postgres(session: AsyncSession) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def _insert_rows(
+    session: AsyncSession, table: sa.Table, rows: Sequence[dict[str, Any]]
+) -> tuple[postgresql.Insert | sqlite.Insert, Sequence[dict[str, Any]] | dict[str, Any]]:
+    """An INSERT of ``rows`` into ``table`` and its parameters, in the dialect's cheapest form.
+
+    PostgreSQL: ``INSERT ... SELECT * FROM unnest(<one array per column>)`` with one set of
+    parameters; SQLite: a plain INSERT run as ``executemany``. Both take ON CONFLICT.
+    """
+    if not _is_postgres(session):
+        return sqlite.insert(table), rows
+    names = [c.name for c in table.columns if c.name in rows[0]]
+    arrays = [sa.bindparam(name, type_=postgresql.ARRAY(table.c[name].type)) for name in names]
+    unnested = sa.func.unnest(*arrays).table_valued(*names).render_derived()
+    stmt = postgresql.insert(table).from_select(names, sa.select(*unnested.c))
+    return stmt, {name: [row[name] for row in rows] for name in names}
 
 
 async def store_batch(
@@ -113,13 +151,18 @@ async def store_batch(
     if not events:
         return outcome
     first = _first_of_each_key(events)
-    inserted = await _insert_events(session, first.values())
+    postgres = _is_postgres(session)
+    if postgres:
+        inserted = await _insert_and_project(session, first.values())
+    else:
+        inserted = await _insert_events(session, first.values())
     fresh = [first[key] for key in sorted(inserted)]
     outcome.persisted = Counter(e.row["type"] for e in fresh)
     repeats = [e for e in events if e.key not in inserted or first[e.key] is not e]
     if repeats:
         outcome.duplicates, outcome.conflicts = await _record_repeats(session, repeats, recorded_at)
-    await _project(session, fresh)
+    if not postgres:
+        await _project(session, fresh)
     return outcome
 
 
@@ -133,13 +176,102 @@ def _first_of_each_key(events: Iterable[NewEvent]) -> dict[tuple[str, str], NewE
 async def _insert_events(session: AsyncSession, events: Iterable[NewEvent]) -> set[tuple[str, str]]:
     # Sorted keys give concurrent replicas one lock order, so they wait rather than deadlock.
     rows = [e.row for e in sorted(events, key=lambda e: e.key)]
-    stmt = (
-        _insert(session, EVENT)
-        .on_conflict_do_nothing(index_elements=["source", "event_id"])
-        .returning(EVENT.c.source, EVENT.c.event_id)
+    insert, parameters = _insert_rows(session, EVENT, rows)
+    stmt = insert.on_conflict_do_nothing(index_elements=["source", "event_id"]).returning(
+        EVENT.c.source, EVENT.c.event_id
     )
-    result = await _core(session, stmt, rows)
-    return {(row.source, row.event_id) for row in result}
+    result = await _core(session, stmt, parameters)
+    return {(source, event_id) for source, event_id in _tuples(result)}
+
+
+EVENT_ROW = [c.name for c in EVENT.columns]
+
+
+@cache
+def _insert_and_project_statement() -> sa.Select[tuple[str, str]]:
+    """PostgreSQL: the whole batch in one statement, built once.
+
+    The rows come as one array per column; the insert-or-ignore returns what it inserted,
+    and two data-modifying CTEs fold exactly those events into the projections, newest by
+    (event time, stream sequence) per key, as ``replay`` folds the log. One round trip,
+    and no projection rows built in Python.
+    """
+    arrays = [sa.bindparam(n, type_=postgresql.ARRAY(EVENT.c[n].type)) for n in EVENT_ROW]
+    batch = sa.func.unnest(*arrays).table_valued(*EVENT_ROW).render_derived()
+    inserted = (
+        postgresql.insert(EVENT)
+        .from_select(EVENT_ROW, sa.select(*batch.c))
+        .on_conflict_do_nothing(index_elements=["source", "event_id"])
+        .returning(
+            *(EVENT.c[n] for n in ("source", "event_id", "type", "proposal", "milestone", "kpi")),
+            *(EVENT.c[n] for n in ("event_time", "stream_seq", "data")),
+        )
+        .cte("inserted")
+    )
+    i = inserted.c
+    newest = (i.event_time.desc(), i.stream_seq.desc())
+    milestones = (
+        sa.select(
+            i.proposal,
+            i.milestone,
+            i.data["status"].as_string(),
+            i.event_time,
+            i.stream_seq,
+            i.source,
+            i.event_id,
+            i.data["note"].as_string(),
+        )
+        .where(i.type == MILESTONE_TYPE)
+        .ext(postgresql.distinct_on(i.proposal, i.milestone))
+        .order_by(i.proposal, i.milestone, *newest)
+    )
+    period = i.data["period"].as_string()
+    kpis = (
+        sa.select(
+            i.kpi,
+            period,
+            i.data["value"].as_float(),
+            i.event_time,
+            i.stream_seq,
+            i.source,
+            i.event_id,
+        )
+        .where(i.type == KPI_TYPE)
+        .ext(postgresql.distinct_on(i.kpi, period))
+        .order_by(i.kpi, period, *newest)
+    )
+    folds = [
+        _upsert_newest_from(table, key, select).cte(f"{table.name}_folded")
+        for table, key, select in (
+            (MILESTONE_STATE, MILESTONE_KEY, milestones),
+            (KPI_OBSERVATION, KPI_KEY, kpis),
+        )
+    ]
+    return sa.select(i.source, i.event_id).add_cte(*folds)
+
+
+def _upsert_newest_from(
+    table: sa.Table, key: tuple[str, ...], rows: sa.Select[Any]
+) -> postgresql.Insert:
+    stmt = postgresql.insert(table).from_select([c.name for c in table.columns], rows)
+    newer = sa.tuple_(stmt.excluded.event_time, stmt.excluded.stream_seq) > sa.tuple_(
+        table.c.event_time, table.c.stream_seq
+    )
+    return stmt.on_conflict_do_update(
+        index_elements=list(key),
+        set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in key},
+        where=newer,
+    )
+
+
+async def _insert_and_project(
+    session: AsyncSession, events: Iterable[NewEvent]
+) -> set[tuple[str, str]]:
+    # Sorted keys give concurrent replicas one lock order, so they wait rather than deadlock.
+    rows = [e.row for e in sorted(events, key=lambda e: e.key)]
+    parameters = {name: [row[name] for row in rows] for name in EVENT_ROW}
+    result = await _core(session, _insert_and_project_statement(), parameters)
+    return {(source, event_id) for source, event_id in _tuples(result)}
 
 
 async def _record_repeats(
@@ -220,50 +352,68 @@ async def _project(session: AsyncSession, fresh: Sequence[NewEvent]) -> None:
     ):
         rows = _newest_per_key((e.projection for e in fresh if e.kind == kind), key)
         if rows:
-            await _core(session, _upsert_newest(session, table, key), rows)
+            stmt, parameters = _upsert_newest(session, table, key, rows)
+            await _core(session, stmt, parameters)
 
 
-def _upsert_newest(session: AsyncSession, table: sa.Table, key: tuple[str, ...]) -> sa.Executable:
-    """Insert a projection row, or replace the stored one only if the new one is newer."""
-    stmt = _insert(session, table)
+def _upsert_newest(
+    session: AsyncSession, table: sa.Table, key: tuple[str, ...], rows: Sequence[dict[str, Any]]
+) -> tuple[sa.Executable, Sequence[dict[str, Any]] | dict[str, Any]]:
+    """Insert projection rows, or replace a stored one only if the new one is newer."""
+    stmt, parameters = _insert_rows(session, table, rows)
     newer = sa.tuple_(stmt.excluded.event_time, stmt.excluded.stream_seq) > sa.tuple_(
         table.c.event_time, table.c.stream_seq
     )
-    return stmt.on_conflict_do_update(
+    upsert = stmt.on_conflict_do_update(
         index_elements=list(key),
         set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in key},
         where=newer,
     )
+    return upsert, parameters
 
 
 async def load_state(*, session: AsyncSession) -> ProgrammeState:
-    """Every milestone state and KPI observation the projections hold."""
-    milestones = {
-        (r.proposal, r.milestone): MilestoneState(
-            proposal=r.proposal,
-            milestone=r.milestone,
-            status=r.status,
-            event_time=r.event_time,
-            source=r.source,
-            event_id=r.event_id,
-            note=r.note,
-        )
-        for r in await session.exec(select(MilestoneStateRow))
-    }
+    """Every milestone state and KPI observation the projections hold.
+
+    Core selects unpacked by position: at 10,000 milestones an ORM object, or even a named
+    attribute lookup per row, costs more than rating the whole programme.
+    """
+    m = MILESTONE_STATE.c
+    rows = await _core(
+        session,
+        sa.select(m.proposal, m.milestone, m.status, m.event_time, m.source, m.event_id, m.note),
+    )
+    milestones = {(row[0], row[1]): MilestoneState(*row) for row in _tuples(rows)}
+    k = KPI_OBSERVATION.c
+    rows = await _core(
+        session,
+        sa.select(k.kpi, k.period, k.value, k.event_time, k.source).order_by(k.kpi, k.period),
+    )
     observations: dict[str, list[KpiObservation]] = defaultdict(list)
-    for r in await session.exec(
-        select(KpiObservationRow).order_by(KpiObservationRow.kpi, KpiObservationRow.period)
-    ):
-        observations[r.kpi].append(
-            KpiObservation(
-                kpi=r.kpi,
-                period=r.period,
-                value=r.value,
-                event_time=r.event_time,
-                source=r.source,
-            )
-        )
+    for kpi, period, value, event_time, source in _tuples(rows):
+        observations[kpi].append(KpiObservation(kpi, period, value, event_time, source))
     return ProgrammeState(milestones=milestones, kpi_observations=dict(observations))
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector for one read of the whole programme.
+
+    Loading, rating and rendering a large programme allocates some 10^5 objects that live
+    until the answer is written; collections triggered meanwhile scan them over and over
+    (and a full one every long-lived object of the process), which doubled the read API's
+    p99. They form no cycles: reference counting frees them before the block ends, so the
+    collector has nothing left to do when it resumes. Other tasks that run meanwhile only
+    have their cyclic garbage collected a little later.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def encode_cursor(event: EventPublic) -> str:
