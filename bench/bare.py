@@ -6,13 +6,17 @@
   fixed rate, open loop, as a column service does for a single-event request;
 - the bare consumer loop: ``fetch(500)`` -> ``json.loads`` -> one asyncpg insert-or-ignore
   of the batch into the aggregator's ``event`` table -> commit -> ack, no framework, no
-  validation, no projections.
+  validation, no projections;
+- the same loop on SQLite (the standard library's ``sqlite3``, ``executemany``, WAL with
+  ``synchronous=FULL`` as the aggregator runs it): not a goal's baseline, it shows how
+  much of the aggregator's SQLite figure the backend itself takes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -36,6 +40,8 @@ BATCH = 500
 WINDOW = 1000
 """Acks pending at once: a column service's ``max_in_flight``."""
 
+EVENT_COLUMNS = ("source", "event_id", "stream_seq", "type", "column", "proposal", "milestone",
+                 "kpi", "event_time", "received_at", "data", "digest")  # fmt: skip
 BARE_INSERT = """
 INSERT INTO event (source, event_id, stream_seq, type, "column", proposal, milestone, kpi,
                    event_time, received_at, data, digest)
@@ -147,14 +153,54 @@ def bare_row(msg: Any) -> tuple[Any, ...]:
     )
 
 
+Store = Callable[[list[tuple[Any, ...]]], Awaitable[None]]
+
+
 async def bare_loop(nats_url: str, pg_url: str, total: int, durable: str) -> tuple[float, int]:
-    """Drain ``total`` messages with the bare loop into a migrated database.
+    """Drain ``total`` messages with the bare loop into a migrated PostgreSQL database."""
+    db = await asyncpg.connect(pg_url)
+
+    async def store(rows: list[tuple[Any, ...]]) -> None:
+        async with db.transaction():
+            await db.execute(BARE_INSERT, *(list(c) for c in zip(*rows, strict=True)))
+
+    try:
+        return await _drain(nats_url, total, durable, store)
+    finally:
+        await db.close()
+
+
+def _sqlite_text(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(v.isoformat(" ") if isinstance(v, datetime) else v for v in row)
+
+
+async def bare_loop_sqlite(nats_url: str, path: str, total: int, durable: str) -> tuple[float, int]:
+    """The bare loop into a migrated SQLite database, as blocking calls on the event loop."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    columns = ", ".join(f'"{c}"' for c in EVENT_COLUMNS)
+    insert = f"INSERT INTO event ({columns}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))}) "
+    insert += "ON CONFLICT DO NOTHING"
+
+    async def store(rows: list[tuple[Any, ...]]) -> None:
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany(insert, [_sqlite_text(r) for r in rows])
+        db.execute("COMMIT")
+
+    try:
+        return await _drain(nats_url, total, durable, store)
+    finally:
+        db.close()
+
+
+async def _drain(nats_url: str, total: int, durable: str, store: Store) -> tuple[float, int]:
+    """Pull, decode, ``store`` and ack until ``total`` messages are stored.
 
     Returns (seconds, events) timed from the first committed batch to the last, so start-up
     is left out as it is for the aggregator.
     """
     nc = await nats.connect(nats_url)
-    db = await asyncpg.connect(pg_url)
     try:
         js = nc.jetstream(timeout=10)
         sub = await js.pull_subscribe(
@@ -174,9 +220,7 @@ async def bare_loop(nats_url: str, pg_url: str, total: int, durable: str) -> tup
                 messages = await sub.fetch(BATCH, timeout=0.2)
             except TimeoutError:
                 continue
-            rows = [bare_row(m) for m in messages]
-            async with db.transaction():
-                await db.execute(BARE_INSERT, *(list(c) for c in zip(*rows, strict=True)))
+            await store([bare_row(m) for m in messages])
             for m in messages:
                 await m.ack()
             stored += len(messages)
@@ -185,5 +229,4 @@ async def bare_loop(nats_url: str, pg_url: str, total: int, durable: str) -> tup
         assert first is not None
         return time.perf_counter() - first[0], stored - first[1]
     finally:
-        await db.close()
         await nc.close()

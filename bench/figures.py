@@ -35,6 +35,7 @@ RAW_PUBLISH = Spec("raw_publish", "1 raw JetStream publish, acks pending", "even
 RAW_P50 = Spec("raw_single_p50", "1 raw single publish p50 @ rate", "ms")
 RAW_P99 = Spec("raw_single_p99", "1 raw single publish p99 @ rate", "ms")
 BARE_LOOP = Spec("bare_loop", "1 bare pull→decode→insert→commit→ack (PG)", "events/s")
+BARE_SQLITE = Spec("bare_loop_sqlite", "1 bare pull→decode→insert→commit→ack (SQLite)", "events/s")
 INGEST_BATCH = Spec(
     "ingest_batch",
     "2 HTTP batches of 500 → JetStream-acked",
@@ -65,6 +66,12 @@ AGG_SQLITE = Spec(
     "events/s",
     baseline="bare_loop",
     goal=Goal("ratio_at_least", 0.7),
+)
+AGG_SQLITE_SHARE = Spec(
+    "aggregator_sqlite_share",
+    "3 aggregator → SQLite, against the SQLite bare loop",
+    "events/s",
+    baseline="bare_loop_sqlite",
 )
 RSS_EARLY = Spec("aggregator_rss_early", "5 aggregator peak RSS, early checkpoint", "MiB")
 RSS_END = Spec(
@@ -138,7 +145,13 @@ async def _bare_loop_once(ctx: Context, run: int) -> None:
         seconds, events = await bare.bare_loop(server.url, url, total, f"bench-bare-{run}")
         stored = await _pg_count(url)
     ctx.results.add(BARE_LOOP, events / seconds)
-    ctx.results.detail("bare_loop", {"events": total, "stored": stored})
+    url = ctx.bench.sqlite()
+    await upgrade(url)
+    path = url.removeprefix("sqlite:///")
+    seconds, events = await bare.bare_loop_sqlite(server.url, path, total, f"bench-lite-{run}")
+    ctx.results.add(BARE_SQLITE, events / seconds)
+    stored_sqlite = _sqlite_count(url)
+    ctx.results.detail("bare_loop", {"events": total, "stored": stored, "sqlite": stored_sqlite})
 
 
 async def _pg_count(url: str, table: str = "event") -> int:
@@ -265,6 +278,8 @@ async def aggregator(ctx: Context) -> None:
                 stored = _sqlite_count(url)
             events = total - watch.first_floor
             ctx.results.add(spec, events / watch.seconds)
+            if backend == "sqlite":
+                ctx.results.add(AGG_SQLITE_SHARE, events / watch.seconds)
             ctx.results.detail(
                 spec.key,
                 {"events": total, "stored": stored, "timed_events": events, "rss_mib": rss},

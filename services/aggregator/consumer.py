@@ -21,6 +21,7 @@ event whenever an outage outlasts N x retry_delay_max. The nak delay paces the r
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -156,10 +157,13 @@ def decode(msg: Msg, catalogue: Catalogue) -> NewEvent:
         "data": obj["data"],
         "digest": event_digest(event),
     }
-    newest_by = {key: row[key] for key in ("event_time", "stream_seq", "source", "event_id")}
     if isinstance(event, MilestoneEvent):
-        return _milestone(event, row, newest_by, catalogue)
-    return _kpi(event, row, newest_by, catalogue)
+        _check_milestone(event, proposal, catalogue)
+        row["milestone"] = event.data.milestone
+    else:
+        _check_kpi(event, catalogue)
+        row["kpi"] = event.data.kpi
+    return NewEvent(row=row)
 
 
 def _parse(payload: bytes) -> tuple[dict[str, Any], MilestoneEvent | KpiEvent]:
@@ -177,31 +181,19 @@ def _parse(payload: bytes) -> tuple[dict[str, Any], MilestoneEvent | KpiEvent]:
         raise Unstorable("invalid_event", repr(exc)) from None
 
 
-def _milestone(
-    event: MilestoneEvent, row: dict[str, Any], newest_by: dict[str, Any], catalogue: Catalogue
-) -> NewEvent:
-    data, proposal = event.data, row["proposal"]
+def _check_milestone(event: MilestoneEvent, proposal: str, catalogue: Catalogue) -> None:
+    data = event.data
     if data.proposal != proposal:
         raise Unstorable(
             "bad_subject", f"the subject files proposal {data.proposal} under {proposal}"
         )
     if catalogue.proposal_by_id[proposal].milestone(data.milestone) is None:
         raise Unstorable("unknown_milestone", f"no milestone {data.milestone!r} in {proposal}")
-    row["milestone"] = data.milestone
-    projection = {**newest_by, "proposal": proposal, "milestone": data.milestone,
-                  "status": data.status, "note": data.note}  # fmt: skip
-    return NewEvent(row=row, kind="milestone", projection=projection)
 
 
-def _kpi(
-    event: KpiEvent, row: dict[str, Any], newest_by: dict[str, Any], catalogue: Catalogue
-) -> NewEvent:
-    data = event.data
-    if data.kpi not in catalogue.kpi_by_id:
-        raise Unstorable("unknown_kpi", f"no KPI {data.kpi!r} in the catalogue")
-    row["kpi"] = data.kpi
-    projection = {**newest_by, "kpi": data.kpi, "period": data.period, "value": data.value}
-    return NewEvent(row=row, kind="kpi", projection=projection)
+def _check_kpi(event: KpiEvent, catalogue: Catalogue) -> None:
+    if event.data.kpi not in catalogue.kpi_by_id:
+        raise Unstorable("unknown_kpi", f"no KPI {event.data.kpi!r} in the catalogue")
 
 
 def _place(subject: str, kind: str, catalogue: Catalogue) -> tuple[str, str]:
@@ -284,13 +276,41 @@ class BatchConsumer:
         self._publish_dead_letter = publish_dead_letter
         self._on_stored = on_stored
         self._fault = FaultHook(settings.fault, settings.fault_batch)
+        self._storing: asyncio.Task[None] | None = None
         self.database_ok: bool | None = None
 
     async def handle(self, messages: Sequence[Msg]) -> None:
-        """Store one batch, then ack, nak (to retry) or dead-letter each message."""
+        """Decode a batch, then store it in the background once the batch before is stored.
+
+        Two batches are in hand at a time: while one commits (the database's work, on
+        another core) the next is fetched and decoded (this process's). Stores still run
+        one after another, in order, each in its own transaction, and a message is settled
+        only by the store of its own batch.
+        """
         started = perf_counter()
-        self._fault.batch_started()
         batch = self._sort(messages)
+        await self.drain()
+        self._storing = asyncio.create_task(self._store_and_settle(messages, batch, started))
+
+    async def drain(self) -> None:
+        """Wait until the batch being stored is committed and settled (at shutdown too)."""
+        storing = self._storing
+        if storing is None:
+            return
+        try:
+            # Shielded: a handler cancelled at shutdown must not cancel a commit under way;
+            # the task stays in ``_storing`` until it is done, for shutdown to wait on.
+            await asyncio.shield(storing)
+        except Exception:  # its messages are redelivered after ack_wait
+            log.exception("storing a batch failed unexpectedly")
+        if self._storing is storing:
+            self._storing = None
+
+    async def _store_and_settle(
+        self, messages: Sequence[Msg], batch: SortedBatch, started: float
+    ) -> None:
+        """Store one decoded batch, then ack, nak (to retry) or dead-letter each message."""
+        self._fault.batch_started()
         try:
             outcome = await self._store(batch)
         except Exception as exc:  # nothing committed: every message comes back later

@@ -1,16 +1,18 @@
 """Repository functions: store a batch of events, read the state, the audit trail, the status.
 
 Writes are set-wise core statements, never an ORM object per event: one insert-or-ignore
-for the batch's events, then one upsert per projection whose WHERE keeps the newest row by
-(event time, stream sequence), so a late backfill, a redelivery or a second replica never
-overwrites a newer status. Only events inserted by this batch move the projections. The
-caller owns the transaction: it commits, then acknowledges the messages.
+for the batch's events, then one upsert per projection that folds exactly the events the
+insert added, newest per key by (event time, stream sequence), and whose WHERE keeps a
+stored row that is newer, so a late backfill, a redelivery or a second replica never
+overwrites a newer status. The projections are computed by the database from the stored
+rows, as ``replay`` computes them, never row by row in Python. The caller owns the
+transaction: it commits, then acknowledges the messages.
 
 On PostgreSQL a batch travels as one array parameter per column, unnested by the server
-(``INSERT ... SELECT ... FROM unnest($1::varchar[], ...)``): one statement with twelve
-parameters instead of twelve per row, which is what the bare loop of ``bench`` does and
-about three times cheaper than a multi-row VALUES. SQLite has no arrays and takes the rows
-as ``executemany``, which its driver runs in C.
+(``INSERT ... SELECT ... FROM unnest($1::varchar[], ...)``), and the projection upserts
+ride in the same statement as data-modifying CTEs: one round trip per batch, as the bare
+loop of ``bench`` does. SQLite has no arrays: the rows go as the driver's ``executemany``
+of plain tuples, which it runs in C.
 
 Every function takes keyword arguments only and leaves committing to the caller.
 """
@@ -21,11 +23,12 @@ import base64
 import binascii
 import gc
 import json
+import operator
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cache
 from typing import Any, cast
 
@@ -43,6 +46,7 @@ from services.aggregator.models import (
     KpiObservationRow,
     MilestoneStateRow,
     ProposalStatus,
+    UtcDateTime,
 )
 from shared.events import KPI_TYPE, MILESTONE_TYPE
 from shared.health import KpiObservation, MilestoneState, ProgrammeState
@@ -61,17 +65,13 @@ KPI_OBSERVATION = _table(KpiObservationRow)
 PROPOSAL_STATUS = _table(ProposalStatus)
 
 PUBLIC_COLUMNS = [*(EVENT.c[name] for name in EventBase.model_fields), EVENT.c.event_id.label("id")]
-MILESTONE_KEY = ("proposal", "milestone")
-KPI_KEY = ("kpi", "period")
 
 
 @dataclass(frozen=True, slots=True)
 class NewEvent:
-    """A decoded event ready to store: its ``event`` row and the projection row it makes."""
+    """A decoded event ready to store: its ``event`` row (projections are folded from it)."""
 
     row: dict[str, Any]
-    kind: str
-    projection: dict[str, Any]
 
     @property
     def key(self) -> tuple[str, str]:
@@ -120,23 +120,6 @@ def _is_postgres(session: AsyncSession) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
-def _insert_rows(
-    session: AsyncSession, table: sa.Table, rows: Sequence[dict[str, Any]]
-) -> tuple[postgresql.Insert | sqlite.Insert, Sequence[dict[str, Any]] | dict[str, Any]]:
-    """An INSERT of ``rows`` into ``table`` and its parameters, in the dialect's cheapest form.
-
-    PostgreSQL: ``INSERT ... SELECT * FROM unnest(<one array per column>)`` with one set of
-    parameters; SQLite: a plain INSERT run as ``executemany``. Both take ON CONFLICT.
-    """
-    if not _is_postgres(session):
-        return sqlite.insert(table), rows
-    names = [c.name for c in table.columns if c.name in rows[0]]
-    arrays = [sa.bindparam(name, type_=postgresql.ARRAY(table.c[name].type)) for name in names]
-    unnested = sa.func.unnest(*arrays).table_valued(*names).render_derived()
-    stmt = postgresql.insert(table).from_select(names, sa.select(*unnested.c))
-    return stmt, {name: [row[name] for row in rows] for name in names}
-
-
 async def store_batch(
     *,
     session: AsyncSession,
@@ -155,14 +138,11 @@ async def store_batch(
     if postgres:
         inserted = await _insert_and_project(session, first.values())
     else:
-        inserted = await _insert_events(session, first.values())
-    fresh = [first[key] for key in sorted(inserted)]
-    outcome.persisted = Counter(e.row["type"] for e in fresh)
+        inserted = await _insert_and_project_sqlite(session, first.values())
+    outcome.persisted = Counter(first[key].row["type"] for key in inserted)
     repeats = [e for e in events if e.key not in inserted or first[e.key] is not e]
     if repeats:
         outcome.duplicates, outcome.conflicts = await _record_repeats(session, repeats, recorded_at)
-    if not postgres:
-        await _project(session, fresh)
     return outcome
 
 
@@ -173,18 +153,101 @@ def _first_of_each_key(events: Iterable[NewEvent]) -> dict[tuple[str, str], NewE
     return first
 
 
-async def _insert_events(session: AsyncSession, events: Iterable[NewEvent]) -> set[tuple[str, str]]:
-    # Sorted keys give concurrent replicas one lock order, so they wait rather than deadlock.
-    rows = [e.row for e in sorted(events, key=lambda e: e.key)]
-    insert, parameters = _insert_rows(session, EVENT, rows)
-    stmt = insert.on_conflict_do_nothing(index_elements=["source", "event_id"]).returning(
-        EVENT.c.source, EVENT.c.event_id
-    )
-    result = await _core(session, stmt, parameters)
-    return {(source, event_id) for source, event_id in _tuples(result)}
-
-
 EVENT_ROW = [c.name for c in EVENT.columns]
+
+
+def _sqlite_time(value: datetime) -> str:
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+SQLITE_CONVERT: dict[str, Callable[[Any], Any]] = {
+    **{c.name: _sqlite_time for c in EVENT.columns if isinstance(c.type, UtcDateTime)},
+    **{c.name: json.dumps for c in EVENT.columns if isinstance(c.type, sa.JSON)},
+}
+"""How each ``event`` column SQLAlchemy converts is converted for SQLite, done in C: UTC
+text in SQLAlchemy's SQLite format (microseconds always written), JSON as text.
+``tests/aggregator/test_store_sqlite.py`` holds these to the column types' own binding."""
+_EVENT_VALUES = operator.itemgetter(*EVENT_ROW)
+_SQLITE_CONVERTED = [(EVENT_ROW.index(name), convert) for name, convert in SQLITE_CONVERT.items()]
+
+
+def sqlite_row(row: dict[str, Any]) -> tuple[Any, ...]:
+    """An ``event`` row as the parameters of :func:`_sqlite_insert_sql`."""
+    values = list(_EVENT_VALUES(row))
+    for i, convert in _SQLITE_CONVERTED:
+        if values[i] is not None:
+            values[i] = convert(values[i])
+    return tuple(values)
+
+
+@cache
+def _sqlite_insert_sql() -> str:
+    stmt = sqlite.insert(EVENT).on_conflict_do_nothing(index_elements=["source", "event_id"])
+    return str(stmt.compile(dialect=sqlite.dialect(), column_keys=EVENT_ROW))
+
+
+async def _insert_and_project_sqlite(
+    session: AsyncSession, events: Iterable[NewEvent]
+) -> set[tuple[str, str]]:
+    """SQLite: insert-or-ignore as the driver's ``executemany`` of plain tuples, then fold
+    the rows it inserted into the projections as PostgreSQL's statement does.
+
+    Building SQLAlchemy parameters row by row cost more than SQLite's whole insert, and
+    ``executemany`` returns no rows: the rows this batch inserted are those past the end
+    of the log before it. That holds because the caller's transaction began IMMEDIATE (a
+    writer session, see ``services.aggregator.db``): no other writer appends meanwhile.
+    """
+    connection = await session.connection()
+    end = (await connection.exec_driver_sql("SELECT coalesce(max(rowid), 0) FROM event")).scalar()
+    rows = [sqlite_row(e.row) for e in events]
+    await connection.exec_driver_sql(_sqlite_insert_sql(), rows)
+    inserted = await connection.exec_driver_sql(
+        "SELECT source, event_id FROM event WHERE rowid > ?", (end,)
+    )
+    keys = {(source, event_id) for source, event_id in _tuples(inserted)}
+    if keys:
+        for fold in _sqlite_fold_statements():
+            await connection.execute(fold, {"end": end})
+    return keys
+
+
+@cache
+def _sqlite_fold_statements() -> list[postgresql.Insert | sqlite.Insert]:
+    """SQLite: fold the events past ``:end`` into the projections, newest per key first."""
+    appended = sa.literal_column("event.rowid") > sa.bindparam("end", type_=sa.BigInteger)
+    newest = (EVENT.c.event_time.desc(), EVENT.c.stream_seq.desc())
+    folds = []
+    for table, key, kind, columns in _projections(EVENT):
+        rank = sa.func.row_number().over(partition_by=key, order_by=newest).label("rank")
+        ranked = sa.select(*columns, rank).where(appended, EVENT.c.type == kind).subquery()
+        rows = sa.select(*(ranked.c[c.name] for c in table.columns)).where(ranked.c.rank == 1)
+        folds.append(_upsert_newest_from(sqlite.insert, table, rows))
+    return folds
+
+
+def _projections(
+    log: sa.Table | sa.CTE,
+) -> list[tuple[sa.Table, tuple[sa.ColumnElement[Any], ...], str, list[sa.ColumnElement[Any]]]]:
+    """Each projection: its table, its key and event type in ``log``, and its columns from it."""
+    c = log.c
+    period = c.data["period"].as_string().label("period")
+    return [
+        (
+            MILESTONE_STATE,
+            (c.proposal, c.milestone),
+            MILESTONE_TYPE,
+            [c.proposal, c.milestone, c.data["status"].as_string().label("status"),
+             c.event_time, c.stream_seq, c.source, c.event_id,
+             c.data["note"].as_string().label("note")],
+        ),
+        (
+            KPI_OBSERVATION,
+            (c.kpi, period),
+            KPI_TYPE,
+            [c.kpi, period, c.data["value"].as_float().label("value"),
+             c.event_time, c.stream_seq, c.source, c.event_id],
+        ),
+    ]  # fmt: skip
 
 
 @cache
@@ -210,55 +273,33 @@ def _insert_and_project_statement() -> sa.Select[tuple[str, str]]:
     )
     i = inserted.c
     newest = (i.event_time.desc(), i.stream_seq.desc())
-    milestones = (
-        sa.select(
-            i.proposal,
-            i.milestone,
-            i.data["status"].as_string(),
-            i.event_time,
-            i.stream_seq,
-            i.source,
-            i.event_id,
-            i.data["note"].as_string(),
-        )
-        .where(i.type == MILESTONE_TYPE)
-        .ext(postgresql.distinct_on(i.proposal, i.milestone))
-        .order_by(i.proposal, i.milestone, *newest)
-    )
-    period = i.data["period"].as_string()
-    kpis = (
-        sa.select(
-            i.kpi,
-            period,
-            i.data["value"].as_float(),
-            i.event_time,
-            i.stream_seq,
-            i.source,
-            i.event_id,
-        )
-        .where(i.type == KPI_TYPE)
-        .ext(postgresql.distinct_on(i.kpi, period))
-        .order_by(i.kpi, period, *newest)
-    )
     folds = [
-        _upsert_newest_from(table, key, select).cte(f"{table.name}_folded")
-        for table, key, select in (
-            (MILESTONE_STATE, MILESTONE_KEY, milestones),
-            (KPI_OBSERVATION, KPI_KEY, kpis),
-        )
+        _upsert_newest_from(
+            postgresql.insert,
+            table,
+            sa.select(*columns)
+            .where(i.type == kind)
+            .ext(postgresql.distinct_on(*key))
+            .order_by(*key, *newest),
+        ).cte(f"{table.name}_folded")
+        for table, key, kind, columns in _projections(inserted)
     ]
     return sa.select(i.source, i.event_id).add_cte(*folds)
 
 
 def _upsert_newest_from(
-    table: sa.Table, key: tuple[str, ...], rows: sa.Select[Any]
-) -> postgresql.Insert:
-    stmt = postgresql.insert(table).from_select([c.name for c in table.columns], rows)
+    insert: Callable[[sa.Table], postgresql.Insert | sqlite.Insert],
+    table: sa.Table,
+    rows: sa.Select[Any],
+) -> postgresql.Insert | sqlite.Insert:
+    """Insert ``rows`` into a projection, replacing a stored row only with a newer one."""
+    stmt = insert(table).from_select([c.name for c in table.columns], rows)
+    key = [c.name for c in table.primary_key.columns]
     newer = sa.tuple_(stmt.excluded.event_time, stmt.excluded.stream_seq) > sa.tuple_(
         table.c.event_time, table.c.stream_seq
     )
     return stmt.on_conflict_do_update(
-        index_elements=list(key),
+        index_elements=key,
         set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in key},
         where=newer,
     )
@@ -331,45 +372,13 @@ async def _insert_dead_letters(
     return Counter(reason for (reason,) in await _core(session, stmt, rows))
 
 
-def _newest_per_key(rows: Iterable[dict[str, Any]], key: tuple[str, ...]) -> list[dict[str, Any]]:
-    """One row per key, the newest by (event time, stream sequence), in key order."""
-    newest: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for row in rows:
-        k = tuple(row[c] for c in key)
-        kept = newest.get(k)
-        if kept is None or (row["event_time"], row["stream_seq"]) > (
-            kept["event_time"],
-            kept["stream_seq"],
-        ):
-            newest[k] = row
-    return [newest[k] for k in sorted(newest)]
-
-
-async def _project(session: AsyncSession, fresh: Sequence[NewEvent]) -> None:
-    for table, kind, key in (
-        (MILESTONE_STATE, "milestone", MILESTONE_KEY),
-        (KPI_OBSERVATION, "kpi", KPI_KEY),
-    ):
-        rows = _newest_per_key((e.projection for e in fresh if e.kind == kind), key)
-        if rows:
-            stmt, parameters = _upsert_newest(session, table, key, rows)
-            await _core(session, stmt, parameters)
-
-
-def _upsert_newest(
-    session: AsyncSession, table: sa.Table, key: tuple[str, ...], rows: Sequence[dict[str, Any]]
-) -> tuple[sa.Executable, Sequence[dict[str, Any]] | dict[str, Any]]:
-    """Insert projection rows, or replace a stored one only if the new one is newer."""
-    stmt, parameters = _insert_rows(session, table, rows)
-    newer = sa.tuple_(stmt.excluded.event_time, stmt.excluded.stream_seq) > sa.tuple_(
-        table.c.event_time, table.c.stream_seq
-    )
-    upsert = stmt.on_conflict_do_update(
-        index_elements=list(key),
-        set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in key},
-        where=newer,
-    )
-    return upsert, parameters
+def _aware(session: AsyncSession, column: sa.Column[datetime]) -> sa.ColumnElement[datetime]:
+    """``column`` as read in bulk: PostgreSQL's driver already returns aware UTC datetimes,
+    so the per-value conversion of :class:`~services.aggregator.models.UtcDateTime` (needed
+    for SQLite's zoneless text) is skipped there."""
+    if _is_postgres(session):
+        return sa.type_coerce(column, sa.DateTime(timezone=True)).label(column.name)
+    return column
 
 
 async def load_state(*, session: AsyncSession) -> ProgrammeState:
@@ -381,13 +390,18 @@ async def load_state(*, session: AsyncSession) -> ProgrammeState:
     m = MILESTONE_STATE.c
     rows = await _core(
         session,
-        sa.select(m.proposal, m.milestone, m.status, m.event_time, m.source, m.event_id, m.note),
-    )
+        sa.select(
+            m.proposal, m.milestone, m.status, _aware(session, m.event_time), m.source,
+            m.event_id, m.note,
+        ),
+    )  # fmt: skip
     milestones = {(row[0], row[1]): MilestoneState(*row) for row in _tuples(rows)}
     k = KPI_OBSERVATION.c
     rows = await _core(
         session,
-        sa.select(k.kpi, k.period, k.value, k.event_time, k.source).order_by(k.kpi, k.period),
+        sa.select(k.kpi, k.period, k.value, _aware(session, k.event_time), k.source).order_by(
+            k.kpi, k.period
+        ),
     )
     observations: dict[str, list[KpiObservation]] = defaultdict(list)
     for kpi, period, value, event_time, source in _tuples(rows):
