@@ -112,6 +112,12 @@ async def test_posted_events_reach_the_board_and_metrics_once(
         transport = httpx.ASGITransport(aggregator)
         async with httpx.AsyncClient(transport=transport, base_url="http://aggregator") as read:
 
+            async def ready() -> bool:
+                return (await read.get("/readyz")).status_code == 200
+
+            # The aggregator migrates and subscribes in the background: read once it has.
+            await eventually(ready, "the aggregator ready")
+
             async def audit() -> list[dict] | None:
                 page = (await read.get("/v1/events", params={"limit": 100})).json()
                 return page["events"] if len(page["events"]) >= 4 else None

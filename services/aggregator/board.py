@@ -242,7 +242,8 @@ def milestone_view(m: MilestoneHealth) -> MilestoneOut:
 def milestone_counts(health: ProposalHealth) -> dict[str, int]:
     """Milestones per status with every status present, so a zero is a zero, not a gap."""
     counts = dict.fromkeys(MILESTONE_STATUSES, 0)
-    counts.update(health.milestone_counts)
+    for m in health.milestones:
+        counts[m.status] = counts.get(m.status, 0) + 1
     return counts
 
 

@@ -12,6 +12,7 @@ thousand proposals has tens of thousands of series, scraped every few seconds.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,10 +37,10 @@ class Gauge:
     name: str
     documentation: str
     labels: list[str]
-    samples: list[tuple[list[str], float]] = field(default_factory=list)
+    samples: list[tuple[tuple[str, ...], float]] = field(default_factory=list)
 
-    def add_metric(self, labels: list[str], value: float) -> None:
-        self.samples.append((labels, value))
+    def add_metric(self, labels: Sequence[str], value: float) -> None:
+        self.samples.append((tuple(labels), value))
 
     def family(self) -> GaugeMetricFamily:
         family = GaugeMetricFamily(self.name, self.documentation, labels=self.labels)
@@ -98,17 +99,17 @@ def programme_gauges(board: dict[str, Any]) -> list[Gauge]:
     )
     for column in board["columns"]:
         for p in column["proposals"]:
-            labels = [column["id"], p["id"]]
+            labels = (column["id"], p["id"])
             rag.add_metric(labels, rag_value(p["rag"]))
             stalled.add_metric(labels, int(p["stalled"]))
             last_progress.add_metric(labels, p["last_progress"].timestamp())
             threshold.add_metric(labels, p["stall_threshold_seconds"])
             unfinished.add_metric(labels, p["unfinished_milestones"])
             for status, count in p["milestone_counts"].items():
-                milestones.add_metric([*labels, status], count)
+                milestones.add_metric((*labels, status), count)
             for m in p["milestones"]:
-                overdue.add_metric([*labels, m["id"]], int(m["overdue"]))
-            info.add_metric([*labels, p["title"], p["kind"]], 1)
+                overdue.add_metric((*labels, m["id"]), int(m["overdue"]))
+            info.add_metric((*labels, p["title"], p["kind"]), 1)
 
     value = _gauge("cotn_kpi_value", "The KPI's latest reported actual", ["kpi"])
     expected = _gauge("cotn_kpi_expected", "The KPI's trajectory value now", ["kpi"])
@@ -119,12 +120,12 @@ def programme_gauges(board: dict[str, Any]) -> list[Gauge]:
         ["kpi"],
     )
     for k in board["kpis"]:
-        expected.add_metric([k["id"]], k["expected"])
-        target.add_metric([k["id"]], k["target"]["value"])
+        expected.add_metric((k["id"],), k["expected"])
+        target.add_metric((k["id"],), k["target"]["value"])
         # No actual yet: no sample, rather than a zero that would read as a real value.
         if k["actual"] is not None:
-            value.add_metric([k["id"]], k["actual"])
-            off.add_metric([k["id"]], int(k["on_track"] is False))
+            value.add_metric((k["id"],), k["actual"])
+            off.add_metric((k["id"],), int(k["on_track"] is False))
     return [
         rag,
         stalled,
@@ -151,35 +152,41 @@ def _value_text(value: float) -> str:
     return floatToGoString(value)
 
 
-class _Escaped(dict[str, str]):
-    """Label values escaped for the text format, each worked out once (ids and titles recur
-    on every scrape; the map is bounded by the catalogue)."""
-
-    def __missing__(self, value: str) -> str:
-        escaped = value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-        if len(self) < 100_000:
-            self[value] = escaped
-        return escaped
+def _escape(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
-_label_value = _Escaped().__getitem__
+MAX_CACHED_SERIES = 200_000
+_series_text: dict[tuple[str, tuple[str, ...]], dict[tuple[str, ...], str]] = {}
+"""Family (name, label names) -> label values -> the series' text before its value. The
+series of a programme recur on every scrape and are bounded by the catalogue: each one's
+escaping and formatting is done once, not once per scrape."""
+
+
+def _series(gauge: Gauge, labels: tuple[str, ...]) -> str:
+    """``name{a="x",b="y"} ``: label names sorted, as prometheus_client sorts them."""
+    if not labels:
+        return gauge.name + " "
+    pairs = sorted(zip(gauge.labels, labels, strict=True))
+    return gauge.name + "{" + ",".join(f'{n}="{_escape(v)}"' for n, v in pairs) + "} "
 
 
 def render_gauges(gauges: list[Gauge]) -> bytes:
     """The 0.0.4 text exposition of ``gauges``, as ``generate_latest`` would write it."""
     out: list[str] = []
+    cached = sum(map(len, _series_text.values()))
     for gauge in gauges:
         help_text = gauge.documentation.replace("\\", r"\\").replace("\n", r"\n")
         out.append(f"# HELP {gauge.name} {help_text}\n# TYPE {gauge.name} gauge\n")
-        # One format string per family, label names sorted as prometheus_client sorts them:
-        # 'name{a="{0}",b="{1}"} {2}\n' with the values' positions.
-        order = sorted(range(len(gauge.labels)), key=gauge.labels.__getitem__)
-        pairs = ",".join(f'{gauge.labels[i]}="{{{i}}}"' for i in order)
-        line = f"{gauge.name}{{{{{pairs}}}}} {{{len(order)}}}\n" if order else gauge.name + " {0}\n"
-        out.extend(
-            line.format(*map(_label_value, labels), _value_text(value))
-            for labels, value in gauge.samples
-        )
+        known = _series_text.setdefault((gauge.name, tuple(gauge.labels)), {})
+        for labels, value in gauge.samples:
+            series = known.get(labels)
+            if series is None:
+                series = _series(gauge, labels)
+                if cached < MAX_CACHED_SERIES:
+                    known[labels] = series
+                    cached += 1
+            out.append(f"{series}{_value_text(value)}\n")
     return "".join(out).encode()
 
 

@@ -72,8 +72,8 @@ async def _refill(
     return int((await connection.execute(folded)).scalar_one())
 
 
-async def _known_milestones(connection: AsyncConnection, catalogue: Catalogue) -> sa.Join:
-    """Fill the temporary table of known milestones; the log joined with it."""
+async def _fill_known_milestones(connection: AsyncConnection, catalogue: Catalogue) -> None:
+    """Fill the temporary table of the catalogue's milestones."""
     await connection.run_sync(KNOWN_MILESTONE.create)
     pairs = [
         {"proposal": p.id, "milestone": m.id} for p in catalogue.proposals for m in p.milestones
@@ -83,17 +83,21 @@ async def _known_milestones(connection: AsyncConnection, catalogue: Catalogue) -
     if connection.dialect.name == "postgresql":
         # A temporary table has no statistics until analysed: the planner would guess.
         await connection.execute(sa.text(f"ANALYZE {KNOWN_MILESTONE.name}"))
-    return EVENT.join(
+
+
+def _known(rows: sa.Table | sa.Subquery) -> sa.Join:
+    """``rows`` (with proposal and milestone columns) joined with the known milestones."""
+    return rows.join(
         KNOWN_MILESTONE,
         sa.and_(
-            KNOWN_MILESTONE.c.proposal == EVENT.c.proposal,
-            KNOWN_MILESTONE.c.milestone == EVENT.c.milestone,
+            KNOWN_MILESTONE.c.proposal == rows.c.proposal,
+            KNOWN_MILESTONE.c.milestone == rows.c.milestone,
         ),
     )
 
 
 async def _rebuild_milestones(connection: AsyncConnection, catalogue: Catalogue) -> int:
-    known = await _known_milestones(connection, catalogue)
+    await _fill_known_milestones(connection, catalogue)
     which = EVENT.c.type == MILESTONE_TYPE
     ranked = (
         sa.select(
@@ -107,11 +111,21 @@ async def _rebuild_milestones(connection: AsyncConnection, catalogue: Catalogue)
             EVENT.c.data["note"].as_string().label("note"),
             _newest_first(EVENT.c.proposal, EVENT.c.milestone),
         )
-        .select_from(known)
+        .select_from(_known(EVENT))
         .where(which)
         .subquery()
     )
-    folded = sa.select(sa.func.count()).select_from(known).where(which)
+    # Counted per milestone first, then joined: joined event by event, PostgreSQL chose a
+    # nested loop over the proposal index that took twice as long as the rebuild itself.
+    per_milestone = (
+        sa.select(EVENT.c.proposal, EVENT.c.milestone, sa.func.count().label("events"))
+        .where(which)
+        .group_by(EVENT.c.proposal, EVENT.c.milestone)
+        .subquery()
+    )
+    folded = sa.select(sa.func.coalesce(sa.func.sum(per_milestone.c.events), 0)).select_from(
+        _known(per_milestone)
+    )
     count = await _refill(connection, MILESTONE_STATE, folded, ranked)
     await connection.run_sync(KNOWN_MILESTONE.drop)
     return count

@@ -2,8 +2,9 @@
 its RAG or stalled state changes.
 
 After each batch that stored something, and every ``status_interval`` for changes that
-time alone brings (a stall, an overdue milestone), the programme is rated with
-:func:`shared.health.programme_health`. A proposal whose (rag, stalled) differs from its
+time alone brings (a stall, an overdue milestone), the programme is rated as
+:func:`shared.health.programme_health` rates it, a few proposals at a time so that reads
+are served in between. A proposal whose (rag, stalled) differs from its
 ``proposal_status`` row gets one status event. The row decides, so two replicas publish a
 change once: in one transaction per change, the UPDATE ... WHERE (rag, stalled) differ
 either matches (this replica publishes, then commits) or not (another one did). A publish
@@ -14,7 +15,6 @@ that fails rolls the change back, to be published on the next pass; its ``Nats-M
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
@@ -29,13 +29,15 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from services.aggregator.store import load_state, proposal_statuses, record_status_change
 from shared.bus import CONTENT_TYPE, MSG_ID_HEADER, STATUS_STREAM, msg_id, status_subject
 from shared.catalogue import Catalogue
-from shared.health import ProposalHealth, Rag, programme_health
+from shared.health import ProposalHealth, Rag, kpis_health, proposal_health
 
 log = logging.getLogger("cotn.aggregator.status")
 
 STATUS_TYPE: Final = "org.cotn.status.v1"
 STATUS_SOURCE: Final = "cotn-aggregator"
 PUBLISH_TIMEOUT = 5.0
+RATE_CHUNK = 50
+"""Proposals rated between two yields to the event loop in a status pass."""
 
 
 class _Frozen(BaseModel):
@@ -102,7 +104,7 @@ async def publish_status(publisher: LogicPublisher, event: StatusEvent) -> None:
 
 
 def reasons_of(health: ProposalHealth) -> list[StatusReason]:
-    return [StatusReason(**dataclasses.asdict(r)) for r in health.reasons]
+    return [StatusReason(**r._asdict()) for r in health.reasons]
 
 
 def status_event(
@@ -181,12 +183,17 @@ class StatusPublisher:
         async with self._readers() as session:
             state = await load_state(session=session)
             published = await proposal_statuses(session=session)
-        health = programme_health(self._catalogue, state, now)
+        catalogue = self._catalogue
+        kpis = kpis_health(catalogue, state, now)
         sent = []
-        for proposal in health.proposals.values():
+        for i, proposal in enumerate(catalogue.proposals):
+            if i % RATE_CHUNK == RATE_CHUNK - 1:
+                # Rating a large programme takes tens of milliseconds: let reads in between.
+                await asyncio.sleep(0)
+            health = proposal_health(catalogue, proposal, state, kpis, now)
             previous = published.get(proposal.id, (None, None))
-            if previous != (proposal.rag, proposal.stalled):
-                event = await self._publish_change(proposal, previous, now)
+            if previous != (health.rag, health.stalled):
+                event = await self._publish_change(health, previous, now)
                 if event is not None:
                     sent.append(event)
         return sent

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.registry import Collector
 
-from services.aggregator.metrics import Gauge, render_gauges
+from services.aggregator.board import ProgrammeOut, programme_document, programme_view
+from services.aggregator.metrics import (
+    Gauge,
+    programme_families,
+    programme_gauges,
+    render_gauges,
+)
+from shared.catalogue import Catalogue
+from shared.events import MILESTONE_STATUSES
+from shared.health import KpiObservation, MilestoneState, ProgrammeState, programme_health
 
 
 class _Families(Collector):
@@ -31,3 +42,54 @@ def test_render_gauges_matches_generate_latest() -> None:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Families(gauges))
     assert render_gauges(gauges) == generate_latest(registry)
+
+
+def _exposition(gauges: list[Gauge]) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(gauges))
+    return generate_latest(registry)
+
+
+def test_a_second_render_reads_the_same_series_text() -> None:
+    # The same label values under two families whose label names sort differently: each
+    # family's series text is its own, however often it is rendered.
+    one = Gauge("cotn_test_pair", "Two labels", ["b", "a"])
+    two = Gauge("cotn_test_pair_other", "Two labels the other way", ["a", "b"])
+    for gauge in (one, two):
+        gauge.add_metric(["x", 'y"'], 1)
+        gauge.add_metric(("x", "z"), 2.5)
+    expected = _exposition([one, two])
+    assert render_gauges([one, two]) == expected
+    assert render_gauges([one, two]) == expected
+    assert b'cotn_test_pair{a="y\\"",b="x"} 1.0' in expected
+
+
+def test_programme_gauges_match_prometheus_client_for_a_whole_board(catalogue: Catalogue) -> None:
+    # The metrics read the board's plain data without detail; the families are built from
+    # the full board model: the two must export the same exposition, byte for byte.
+    now = datetime(2026, 2, 1, tzinfo=UTC)
+    states = {
+        (p.id, m.id): MilestoneState(
+            p.id, m.id, MILESTONE_STATUSES[(i + j) % 5], now - timedelta(days=i + j), "x", f"e{i}"
+        )
+        for i, p in enumerate(catalogue.proposals)
+        for j, m in enumerate(p.milestones)
+        if (i + j) % 2
+    }
+    observations = {
+        k.id: [KpiObservation(k.id, "2025", k.baseline.value * 0.5, now, "x")]
+        for k in catalogue.kpis[:3]
+    }
+    health = programme_health(catalogue, ProgrammeState(states, observations), now)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Board(programme_view(catalogue, health)))
+    gauges = programme_gauges(programme_document(catalogue, health, detail=False))
+    assert render_gauges(gauges) == generate_latest(registry)
+
+
+class _Board(Collector):
+    def __init__(self, board: ProgrammeOut) -> None:
+        self._board = board
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        return programme_families(self._board)
