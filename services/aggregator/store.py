@@ -157,7 +157,9 @@ EVENT_ROW = [c.name for c in EVENT.columns]
 
 
 def _sqlite_time(value: datetime) -> str:
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.isoformat(" ", "microseconds")[:26]  # without the "+00:00"
 
 
 SQLITE_CONVERT: dict[str, Callable[[Any], Any]] = {
@@ -193,28 +195,36 @@ async def _insert_and_project_sqlite(
     the rows it inserted into the projections as PostgreSQL's statement does.
 
     Building SQLAlchemy parameters row by row cost more than SQLite's whole insert, and
-    ``executemany`` returns no rows: the rows this batch inserted are those past the end
-    of the log before it. That holds because the caller's transaction began IMMEDIATE (a
-    writer session, see ``services.aggregator.db``): no other writer appends meanwhile.
+    ``executemany`` returns no rows, only how many it inserted. Those are the rows with the
+    highest rowids: SQLite gives each new row the largest rowid plus one, and the caller's
+    transaction began IMMEDIATE (a writer session, see ``services.aggregator.db``), so no
+    other writer appends meanwhile. Each statement is a trip to the driver's thread, so
+    there are as few as that allows.
     """
     connection = await session.connection()
-    end = (await connection.exec_driver_sql("SELECT coalesce(max(rowid), 0) FROM event")).scalar()
+    events = list(events)
     rows = [sqlite_row(e.row) for e in events]
-    await connection.exec_driver_sql(_sqlite_insert_sql(), rows)
-    inserted = await connection.exec_driver_sql(
-        "SELECT source, event_id FROM event WHERE rowid > ?", (end,)
-    )
-    keys = {(source, event_id) for source, event_id in _tuples(inserted)}
-    if keys:
-        for fold in _sqlite_fold_statements():
-            await connection.execute(fold, {"end": end})
+    added = (await connection.exec_driver_sql(_sqlite_insert_sql(), rows)).rowcount
+    if added == 0:
+        return set()
+    if added == len(rows):  # every row was new: the usual case, and no need to ask which
+        keys = {e.key for e in events}
+    else:
+        newest = await connection.exec_driver_sql(
+            "SELECT source, event_id FROM event ORDER BY rowid DESC LIMIT ?", (added,)
+        )
+        keys = {(source, event_id) for source, event_id in _tuples(newest)}
+    for fold in _sqlite_fold_statements():
+        await connection.execute(fold, {"added": added})
     return keys
 
 
 @cache
 def _sqlite_fold_statements() -> list[postgresql.Insert | sqlite.Insert]:
-    """SQLite: fold the events past ``:end`` into the projections, newest per key first."""
-    appended = sa.literal_column("event.rowid") > sa.bindparam("end", type_=sa.BigInteger)
+    """SQLite: fold the last ``:added`` rows of the log into the projections."""
+    appended = sa.text("event.rowid > (SELECT max(rowid) FROM event) - :added").bindparams(
+        sa.bindparam("added", type_=sa.Integer)
+    )
     newest = (EVENT.c.event_time.desc(), EVENT.c.stream_seq.desc())
     folds = []
     for table, key, kind, columns in _projections(EVENT):

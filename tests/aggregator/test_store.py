@@ -110,6 +110,28 @@ async def test_an_event_is_stored_once_and_a_changed_payload_is_a_conflict(
     ] == [("e1", 3, 1, "blocked")]
 
 
+async def test_a_batch_of_new_and_stored_events_moves_the_projections_by_the_new_ones(
+    db: Database, log: Log
+) -> None:
+    await put(db, log(milestone("e1", "2a", "adoption-priorities", "in_progress")))
+    outcome = await put(
+        db,
+        log(
+            # A changed copy of a stored event, newer: a conflict, which moves nothing.
+            milestone("e1", "2a", "adoption-priorities", "completed", T0 + timedelta(days=5)),
+            milestone("e2", "2a", "innovate-uk-agreement", "at_risk", T0 + timedelta(days=1)),
+            kpi("k1", "exports", 120, "2025", T0 + timedelta(days=1)),
+        ),
+    )
+    assert (sum(outcome.persisted.values()), outcome.duplicates, outcome.conflicts) == (2, 0, 1)
+    state = await db.state()
+    assert {k: (s.status, s.event_id) for k, s in state.milestones.items()} == {
+        ("2a", "adoption-priorities"): ("in_progress", "e1"),
+        ("2a", "innovate-uk-agreement"): ("at_risk", "e2"),
+    }
+    assert [(o.period, o.value) for o in state.kpi_observations["exports"]] == [("2025", 120)]
+
+
 async def test_the_newest_event_time_wins_whatever_the_arrival_order(
     db: Database, log: Log
 ) -> None:
