@@ -53,6 +53,12 @@ INGEST_P99 = Spec(
     baseline="raw_single_p99",
     goal=Goal("below", 25.0),
 )
+INGEST_FAILED = Spec(
+    "ingest_single_failed",
+    "2 single-event POSTs not answered 202",
+    "requests",
+    goal=Goal("at_most", 0),
+)
 AGG_PG = Spec(
     "aggregator_postgres",
     "3 aggregator → PostgreSQL (projections, health)",
@@ -242,6 +248,7 @@ async def ingest(ctx: Context) -> None:
         ctx.results.add(INGEST_BATCH, accepted / seconds)
         ctx.results.add(INGEST_P50, _ms(latencies, 0.5))
         ctx.results.add(INGEST_P99, _ms(latencies, 0.99))
+        ctx.results.add(INGEST_FAILED, failures)
         ctx.results.detail(
             "ingest",
             {

@@ -265,19 +265,29 @@ class Connection:
         self._reader = self._writer = None
 
 
+KEEP_IDLE_SECONDS = 4.0
+"""How long a pooled connection may stay idle: below uvicorn's keep-alive timeout (5 s),
+which closes it from the server's side, so a request never goes to a closing connection."""
+
+
 class Pool:
     """Connections to one server, opened as needed: an open-loop client never waits for one."""
 
     def __init__(self, url: str) -> None:
         host, port = url.removeprefix("http://").split(":")
         self.host, self.port = host, int(port)
-        self._idle: list[Connection] = []
+        self._idle: list[tuple[float, Connection]] = []
         self._all: list[Connection] = []
 
     async def request(
         self, method: str, path: str, body: bytes = b"", headers: Mapping[str, str] | None = None
     ) -> tuple[int, bytes]:
-        connection = self._idle.pop() if self._idle else None
+        connection = None
+        while self._idle and connection is None:
+            idle_since, connection = self._idle.pop()
+            if time.monotonic() - idle_since > KEEP_IDLE_SECONDS:
+                await connection.close()
+                connection = None
         if connection is None:
             connection = Connection(self.host, self.port)
             self._all.append(connection)
@@ -286,7 +296,7 @@ class Pool:
         except BaseException:
             await connection.close()
             raise
-        self._idle.append(connection)
+        self._idle.append((time.monotonic(), connection))
         return result
 
     async def close(self) -> None:
