@@ -67,12 +67,6 @@ class Aggregator:
         self.engine = make_engine(
             settings.database_url, sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms
         )
-        if self.engine.dialect.name == "sqlite":
-            # aiosqlite runs each statement on a thread of its own, and the answer comes
-            # back only when that thread gets the GIL, which Python hands over every 5 ms
-            # while this loop decodes the next batch: a store then waits 5 ms per
-            # statement. A shorter interval let bench drain SQLite about 8 % faster.
-            sys.setswitchinterval(SQLITE_SWITCH_INTERVAL)
         self.readers = session_factory(self.engine)
         self.writers = session_factory(self.engine, writer=True)
         self.broker = NatsBroker(
@@ -226,9 +220,16 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        # The catalogue and the app live as long as the process: out of the collector's
-        # sight, a full collection scans what requests allocate, not 10^5 startup objects.
+        # Tuning for the process, made when it serves, not when the app is built. The
+        # catalogue and the app live as long as the process: out of the collector's sight,
+        # a full collection scans what requests allocate, not 10^5 startup objects.
         gc.freeze()
+        if aggregator.engine.dialect.name == "sqlite":
+            # aiosqlite runs each statement on a thread of its own, and the answer comes
+            # back only when that thread gets the GIL, which Python hands over every 5 ms
+            # while this loop decodes the next batch: a store then waits 5 ms per
+            # statement. A shorter interval let bench drain SQLite about 8 % faster.
+            sys.setswitchinterval(SQLITE_SWITCH_INTERVAL)
         await aggregator.start()
         try:
             yield

@@ -22,7 +22,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.aggregator.db import WRITER_OPTIONS, make_engine
 from services.aggregator.models import Id
-from services.aggregator.store import EVENT, KPI_OBSERVATION, MILESTONE_STATE
+from services.aggregator.store import (
+    EVENT,
+    KPI_OBSERVATION,
+    MILESTONE_STATE,
+    newest_of_each_key,
+    projections,
+)
 from shared.catalogue import Catalogue
 from shared.events import KPI_TYPE, MILESTONE_TYPE
 
@@ -52,23 +58,12 @@ async def replay(*, database_url: str, catalogue: Catalogue) -> int:
     return milestones + kpis
 
 
-def _newest_first(*key: sa.ColumnElement[str]) -> sa.Label[int]:
-    """Rank of each event within its key: 1 for the newest by (event time, stream sequence)."""
-    return (
-        sa.func.row_number()
-        .over(partition_by=key, order_by=(EVENT.c.event_time.desc(), EVENT.c.stream_seq.desc()))
-        .label("rank")
-    )
-
-
 async def _refill(
-    connection: AsyncConnection, table: sa.Table, folded: sa.Select[Any], ranked: sa.Subquery
+    connection: AsyncConnection, table: sa.Table, folded: sa.Select[Any], newest: sa.Select[Any]
 ) -> int:
-    """Replace ``table`` with the newest row of each key in ``ranked``; count ``folded``."""
+    """Replace ``table`` with the rows of ``newest``; count ``folded``."""
     await connection.execute(sa.delete(table))
-    columns = [c.name for c in table.columns]
-    newest = sa.select(*(ranked.c[name] for name in columns)).where(ranked.c.rank == 1)
-    await connection.execute(sa.insert(table).from_select(columns, newest))
+    await connection.execute(sa.insert(table).from_select([c.name for c in table.columns], newest))
     return int((await connection.execute(folded)).scalar_one())
 
 
@@ -98,55 +93,28 @@ def _known(rows: sa.Table | sa.Subquery) -> sa.Join:
 
 async def _rebuild_milestones(connection: AsyncConnection, catalogue: Catalogue) -> int:
     await _fill_known_milestones(connection, catalogue)
-    which = EVENT.c.type == MILESTONE_TYPE
-    ranked = (
-        sa.select(
-            EVENT.c.proposal,
-            EVENT.c.milestone,
-            EVENT.c.data["status"].as_string().label("status"),
-            EVENT.c.event_time,
-            EVENT.c.stream_seq,
-            EVENT.c.source,
-            EVENT.c.event_id,
-            EVENT.c.data["note"].as_string().label("note"),
-            _newest_first(EVENT.c.proposal, EVENT.c.milestone),
-        )
-        .select_from(_known(EVENT))
-        .where(which)
-        .subquery()
-    )
+    milestones, _ = projections(EVENT)
+    newest = newest_of_each_key(milestones, _known(EVENT))
     # Counted per milestone first, then joined: joined event by event, PostgreSQL chose a
     # nested loop over the proposal index that took twice as long as the rebuild itself.
     per_milestone = (
         sa.select(EVENT.c.proposal, EVENT.c.milestone, sa.func.count().label("events"))
-        .where(which)
+        .where(EVENT.c.type == MILESTONE_TYPE)
         .group_by(EVENT.c.proposal, EVENT.c.milestone)
         .subquery()
     )
     folded = sa.select(sa.func.coalesce(sa.func.sum(per_milestone.c.events), 0)).select_from(
         _known(per_milestone)
     )
-    count = await _refill(connection, MILESTONE_STATE, folded, ranked)
+    count = await _refill(connection, MILESTONE_STATE, folded, newest)
     await connection.run_sync(KNOWN_MILESTONE.drop)
     return count
 
 
 async def _rebuild_kpis(connection: AsyncConnection, catalogue: Catalogue) -> int:
-    which = (EVENT.c.type == KPI_TYPE, EVENT.c.kpi.in_([k.id for k in catalogue.kpis]))
-    period = EVENT.c.data["period"].as_string()
-    ranked = (
-        sa.select(
-            EVENT.c.kpi,
-            period.label("period"),
-            EVENT.c.data["value"].as_float().label("value"),
-            EVENT.c.event_time,
-            EVENT.c.stream_seq,
-            EVENT.c.source,
-            EVENT.c.event_id,
-            _newest_first(EVENT.c.kpi, period),
-        )
-        .where(*which)
-        .subquery()
+    _, kpis = projections(EVENT)
+    known = EVENT.c.kpi.in_([k.id for k in catalogue.kpis])
+    folded = sa.select(sa.func.count()).select_from(EVENT).where(EVENT.c.type == KPI_TYPE, known)
+    return await _refill(
+        connection, KPI_OBSERVATION, folded, newest_of_each_key(kpis, EVENT, known)
     )
-    folded = sa.select(sa.func.count()).select_from(EVENT).where(*which)
-    return await _refill(connection, KPI_OBSERVATION, folded, ranked)

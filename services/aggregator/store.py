@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -225,39 +225,65 @@ def _sqlite_fold_statements() -> list[postgresql.Insert | sqlite.Insert]:
     appended = sa.text("event.rowid > (SELECT max(rowid) FROM event) - :added").bindparams(
         sa.bindparam("added", type_=sa.Integer)
     )
-    newest = (EVENT.c.event_time.desc(), EVENT.c.stream_seq.desc())
-    folds = []
-    for table, key, kind, columns in _projections(EVENT):
-        rank = sa.func.row_number().over(partition_by=key, order_by=newest).label("rank")
-        ranked = sa.select(*columns, rank).where(appended, EVENT.c.type == kind).subquery()
-        rows = sa.select(*(ranked.c[c.name] for c in table.columns)).where(ranked.c.rank == 1)
-        folds.append(_upsert_newest_from(sqlite.insert, table, rows))
-    return folds
+    return [
+        _upsert_newest_from(sqlite.insert, p.table, newest_of_each_key(p, EVENT, appended))
+        for p in projections(EVENT)
+    ]
 
 
-def _projections(
-    log: sa.Table | sa.CTE,
-) -> list[tuple[sa.Table, tuple[sa.ColumnElement[Any], ...], str, list[sa.ColumnElement[Any]]]]:
-    """Each projection: its table, its key and event type in ``log``, and its columns from it."""
+class Projection(NamedTuple):
+    """A projection of the log: its table, and its key, event type and columns in a log."""
+
+    table: sa.Table
+    key: tuple[sa.ColumnElement[Any], ...]
+    kind: str
+    columns: list[sa.ColumnElement[Any]]
+
+
+def projections(log: sa.Table | sa.CTE) -> tuple[Projection, Projection]:
+    """The milestone and KPI projections of ``log`` (the ``event`` table, or rows like it)."""
     c = log.c
     period = c.data["period"].as_string().label("period")
-    return [
-        (
-            MILESTONE_STATE,
-            (c.proposal, c.milestone),
-            MILESTONE_TYPE,
-            [c.proposal, c.milestone, c.data["status"].as_string().label("status"),
-             c.event_time, c.stream_seq, c.source, c.event_id,
-             c.data["note"].as_string().label("note")],
-        ),
-        (
-            KPI_OBSERVATION,
-            (c.kpi, period),
-            KPI_TYPE,
-            [c.kpi, period, c.data["value"].as_float().label("value"),
-             c.event_time, c.stream_seq, c.source, c.event_id],
-        ),
-    ]  # fmt: skip
+    milestones = Projection(
+        MILESTONE_STATE,
+        (c.proposal, c.milestone),
+        MILESTONE_TYPE,
+        [c.proposal, c.milestone, c.data["status"].as_string().label("status"),
+         c.event_time, c.stream_seq, c.source, c.event_id,
+         c.data["note"].as_string().label("note")],
+    )  # fmt: skip
+    kpis = Projection(
+        KPI_OBSERVATION,
+        (c.kpi, period),
+        KPI_TYPE,
+        [c.kpi, period, c.data["value"].as_float().label("value"),
+         c.event_time, c.stream_seq, c.source, c.event_id],
+    )  # fmt: skip
+    return milestones, kpis
+
+
+def newest_of_each_key(
+    projection: Projection, rows: sa.FromClause, *where: sa.ColumnElement[bool] | sa.TextClause
+) -> sa.Select[Any]:
+    """The projection row of the newest event (by event time, then stream sequence) of each
+    key among the ``event`` rows of ``rows`` that match ``where``."""
+    rank = (
+        sa.func.row_number()
+        .over(
+            partition_by=projection.key,
+            order_by=(EVENT.c.event_time.desc(), EVENT.c.stream_seq.desc()),
+        )
+        .label("rank")
+    )
+    ranked = (
+        sa.select(*projection.columns, rank)
+        .select_from(rows)
+        .where(EVENT.c.type == projection.kind, *where)
+        .subquery()
+    )
+    return sa.select(*(ranked.c[c.name] for c in projection.table.columns)).where(
+        ranked.c.rank == 1
+    )
 
 
 @cache
@@ -292,7 +318,7 @@ def _insert_and_project_statement() -> sa.Select[tuple[str, str]]:
             .ext(postgresql.distinct_on(*key))
             .order_by(*key, *newest),
         ).cte(f"{table.name}_folded")
-        for table, key, kind, columns in _projections(inserted)
+        for table, key, kind, columns in projections(inserted)
     ]
     return sa.select(i.source, i.event_id).add_cte(*folds)
 

@@ -39,9 +39,7 @@ def test_render_gauges_matches_generate_latest() -> None:
     bare = Gauge("cotn_test_bare", "No labels", [])
     bare.add_metric([], 3.25)
     gauges = [odd, ints, bare]
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Families(gauges))
-    assert render_gauges(gauges) == generate_latest(registry)
+    assert render_gauges(gauges) == _exposition(gauges)
 
 
 def _exposition(gauges: list[Gauge]) -> bytes:
