@@ -33,8 +33,12 @@ def _quantiles(metric: str) -> list[prometheus.Dataquery]:
 def services_up() -> stat.Panel:
     return stat_panel(
         "Services",
-        "Whether Prometheus can scrape each COTN service.",
-        [query('up{job=~"cotn-.+"}', "{{job}} {{column}}", instant=True)],
+        "Whether Prometheus can scrape each COTN service, and whether the aggregator can "
+        "read its database.",
+        [
+            query('up{job=~"cotn-.+"}', "{{job}} {{column}}", "A", instant=True),
+            query("cotn_aggregator_database_up", "database of {{instance}}", "B", instant=True),
+        ],
         width=24,
         height=4,
         mappings=flag_mappings(("down", "red"), ("up", "green")),

@@ -3,13 +3,15 @@
 Every request reads the stored state in one session and rates it with
 :func:`shared.health.programme_health` at the injected clock's ``now``; nothing is cached,
 so two replicas over one database answer alike. Errors are RFC 9457 problem documents
-(``application/problem+json``), including the 422 of a malformed query parameter, which
-the router produces itself so it needs no app-wide exception handler.
+(``application/problem+json``), including the 422 of a malformed query parameter and the
+503 (with ``Retry-After``) of a database that cannot answer or is still being migrated,
+which the routes produce themselves so they need no app-wide exception handler.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
 from http import HTTPStatus
@@ -21,7 +23,9 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import AwareDatetime, BaseModel, Field
 from pydantic_core import to_json
-from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.aggregator import store
 from services.aggregator.board import (
@@ -37,7 +41,11 @@ from shared.catalogue import Catalogue
 from shared.events import EVENT_TYPES
 from shared.health import ProgrammeHealth, programme_health
 
+log = logging.getLogger("cotn.aggregator.api")
+
 Clock = Callable[[], datetime]
+Sessions = Callable[[], AsyncSession]
+"""Opens a read session; may raise :class:`StoreNotReady` instead."""
 Ready = Callable[[], tuple[bool, str] | Awaitable[tuple[bool, str]]]
 """Answers (ready, detail) for /readyz; a coroutine function is awaited."""
 
@@ -45,6 +53,20 @@ PROBLEM_JSON = "application/problem+json"
 MAX_PAGE = 1000
 # RFC 9110's name; Python before 3.13 still says "Unprocessable Entity".
 TITLES = {422: "Unprocessable Content"}
+RETRY_AFTER_SECONDS = 5
+
+
+class StoreNotReady(Exception):
+    """The stored state cannot be read yet; the message says why."""
+
+
+STORE_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    StoreNotReady,
+    DBAPIError,  # the server refused or dropped the connection, or the schema is missing
+    PoolTimeoutError,  # every pooled connection busy for the pool's timeout
+    OSError,  # the server's address refused the connection
+)
+"""What a read of the store raises while the database cannot answer: a 503, not a 500."""
 
 
 class FieldProblem(BaseModel):
@@ -105,15 +127,49 @@ def _problem_doc(status: int) -> dict[int | str, dict[str, Any]]:
 
 NOT_FOUND = _problem_doc(404)
 UNPROCESSABLE = _problem_doc(422)
+UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    503: _problem_doc(503)[503]
+    | {
+        "headers": {
+            "Retry-After": {
+                "description": "Seconds to wait: the database cannot answer or is being migrated",
+                "schema": {"type": "integer"},
+            }
+        }
+    }
+}
 
 
 def problem_response(
-    status: int, detail: str, errors: list[FieldProblem] | None = None
+    status: int,
+    detail: str,
+    errors: list[FieldProblem] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     """A problem document; ``about:blank`` types take the HTTP phrase as title (RFC 9457 §4.2.1)."""
     body = Problem(title=_title(status), status=status, detail=detail, errors=errors)
     return JSONResponse(
-        body.model_dump(exclude_none=True), status_code=status, media_type=PROBLEM_JSON
+        body.model_dump(exclude_none=True),
+        status_code=status,
+        media_type=PROBLEM_JSON,
+        headers=headers,
+    )
+
+
+def unavailable_reason(exc: BaseException) -> str:
+    """Why the store could not be read, for a client: no SQL and no server addresses."""
+    if isinstance(exc, StoreNotReady):
+        return str(exc)
+    return "the database is not answering"
+
+
+def store_unavailable(exc: BaseException, path: str) -> JSONResponse:
+    """503 with Retry-After: the board is back as soon as the database is."""
+    log.warning("%s: the store cannot be read (%s: %s)", path, type(exc).__name__, exc)
+    return problem_response(
+        503,
+        f"{unavailable_reason(exc)}; retry in {RETRY_AFTER_SECONDS} s",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
     )
 
 
@@ -128,7 +184,8 @@ def validation_problem(exc: RequestValidationError) -> JSONResponse:
 
 
 class ProblemRoute(APIRoute):
-    """A route whose request-validation failures come out as problem documents."""
+    """A route whose request-validation failures and unreadable store come out as problem
+    documents (422 and 503)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -138,13 +195,13 @@ class ProblemRoute(APIRoute):
                 return await handler(request)
             except RequestValidationError as exc:
                 return validation_problem(exc)
+            except STORE_UNAVAILABLE as exc:
+                return store_unavailable(exc, request.url.path)
 
         return route
 
 
-async def read_health(
-    *, catalogue: Catalogue, sessions: async_sessionmaker, clock: Clock
-) -> ProgrammeHealth:
+async def read_health(*, catalogue: Catalogue, sessions: Sessions, clock: Clock) -> ProgrammeHealth:
     """Load the stored state in one session and rate it at the clock's ``now``."""
     async with sessions() as session:
         state = await store.load_state(session=session)
@@ -159,7 +216,7 @@ def unknown_proposal(catalogue: Catalogue, proposal_id: str) -> JSONResponse:
 def build_read_router(
     *,
     catalogue: Catalogue,
-    sessions: async_sessionmaker,
+    sessions: Sessions,
     clock: Clock,
     ready: Ready,
 ) -> APIRouter:
@@ -174,6 +231,7 @@ def build_read_router(
         tags=["board"],
         summary="The whole programme board",
         response_model=ProgrammeOut,
+        responses=UNAVAILABLE,
     )
     async def get_programme() -> Response:
         # Serialised straight from the board's plain data: at thousands of milestones a
@@ -187,7 +245,7 @@ def build_read_router(
         tags=["board"],
         summary="One proposal or gamechanger, with its text and KPIs",
         response_model=ProposalDetailOut,
-        responses={**NOT_FOUND, **UNPROCESSABLE},
+        responses={**NOT_FOUND, **UNPROCESSABLE, **UNAVAILABLE},
     )
     async def get_proposal(proposal_id: str) -> ProposalDetailOut | JSONResponse:
         if proposal_id not in catalogue.proposal_by_id:
@@ -196,7 +254,12 @@ def build_read_router(
         assert detail is not None  # the id was checked against the same catalogue
         return detail
 
-    @router.get("/v1/kpis", tags=["board"], summary="Every KPI: actual, expected and target")
+    @router.get(
+        "/v1/kpis",
+        tags=["board"],
+        summary="Every KPI: actual, expected and target",
+        responses=UNAVAILABLE,
+    )
     async def get_kpis() -> KpiListOut:
         return kpi_list(catalogue, await snapshot())
 
@@ -205,7 +268,7 @@ def build_read_router(
         tags=["audit"],
         summary="The audit trail of stored events, oldest first, paginated",
         response_model=EventsPage,
-        responses={**NOT_FOUND, **UNPROCESSABLE},
+        responses={**NOT_FOUND, **UNPROCESSABLE, **UNAVAILABLE},
     )
     async def get_events(
         proposal: Annotated[str | None, Query(description="Only this proposal's events")] = None,

@@ -5,10 +5,11 @@ broker, its router (the events subscriber, the status and dead-letter publishers
 database engine come to life in the app's lifespan. Start-up does not wait for NATS or the
 database: a background task migrates the schema, sets up the streams and the durable
 consumer (or waits for ``cotn nats setup`` to have made them), then starts consuming,
-retrying each step until it succeeds, so the read API answers (and ``/readyz`` says what is
-missing) meanwhile. Shutdown lets the batch in hand finish (FastStream's graceful timeout)
-and the one being stored commit and settle, stops the loops, then drains the NATS
-connection so the last acknowledgements reach the server.
+retrying each step until it succeeds, so the read API answers meanwhile: ``/readyz`` says
+what is missing, and the board answers 503 with Retry-After until the schema is migrated.
+Shutdown lets the batch in hand finish (FastStream's graceful timeout) and the one being
+stored commit and settle, stops the loops, then drains the NATS connection so the last
+acknowledgements reach the server.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from fastapi import FastAPI
 from faststream.exceptions import IncorrectState
 from faststream.nats import NatsBroker, NatsRouter
 from prometheus_client import CollectorRegistry
+from sqlmodel.ext.asyncio.session import AsyncSession
 
-from services.aggregator.api import build_read_router
+from services.aggregator.api import StoreNotReady, build_read_router
 from services.aggregator.consumer import (
     BatchConsumer,
     dlq_publisher,
@@ -106,6 +108,7 @@ class Aggregator:
         subscribe_events(router, settings=settings, consumer=self.consumer)
         self.broker.include_router(router)
         self.stage = "not started"
+        self.migrated = not settings.migrate_on_start  # else another process migrates
         self.consuming = asyncio.Event()
         self._tasks: list[asyncio.Future[None]] = []
         self._status_task: asyncio.Future[None] | None = None
@@ -145,6 +148,12 @@ class Aggregator:
             return False, "the database is not storing events: batches are being retried"
         return True, "consuming"
 
+    def read_session(self) -> AsyncSession:
+        """A session for the read API and ``/metrics``, once the schema is migrated."""
+        if not self.migrated:
+            raise StoreNotReady("the database schema is being migrated")
+        return self.readers()
+
     def _nats_connected(self) -> bool:
         try:
             return self.broker.connection.is_connected
@@ -161,6 +170,7 @@ class Aggregator:
             await self._until_done(
                 "migrating the database", partial(upgrade, self.settings.database_url)
             )
+            self.migrated = True
         await self._until_done("connecting to NATS", self.broker.connect)
         fetch_timeouts_as_nats_errors(self.broker.config.connection_state.stream)
         await self._until_done("setting up the streams", self._prepare_bus)
@@ -244,15 +254,18 @@ def create_app(
     app.state.aggregator = aggregator
     app.include_router(
         build_read_router(
-            catalogue=catalogue, sessions=aggregator.readers, clock=clock, ready=aggregator.ready
+            catalogue=catalogue,
+            sessions=aggregator.read_session,
+            clock=clock,
+            ready=aggregator.ready,
         )
     )
     app.include_router(
         build_metrics_router(
             catalogue=catalogue,
-            sessions=aggregator.readers,
+            sessions=aggregator.read_session,
             clock=clock,
-            registry=aggregator.registry,
+            operational=aggregator.metrics,
         )
     )
     return app

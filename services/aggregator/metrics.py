@@ -1,8 +1,13 @@
 """``/metrics``: the operational registry plus programme gauges read from stored state.
 
-Programme metrics are never kept in process memory: each scrape loads the stored state,
-rates it (the same :func:`~services.aggregator.board.programme_view` as ``/v1/programme``)
-and renders it, so a restart or a second replica exports the same values (CONTRACT §6).
+Programme metrics come from stored state, not process memory: each scrape loads it, rates
+it (the same :func:`~services.aggregator.board.programme_view` as ``/v1/programme``) and
+renders it, so a restart or a second replica exports the same values (CONTRACT §6). While
+the database cannot answer, a scrape still succeeds, in the way of Prometheus exporters
+whose backend is down: ``cotn_aggregator_database_up`` turns 0 and the programme gauges
+repeat the last read, so the stall alert (a timestamp against ``time()``) keeps its course
+instead of resolving until the database is back. A process that has never read the store
+exports no programme gauges.
 
 The programme gauges are rendered by :func:`render_gauges`, which writes the text that
 prometheus_client's ``generate_latest`` writes for the same families (label names sorted,
@@ -12,20 +17,23 @@ thousand proposals has tens of thousands of series, scraped every few seconds.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter, Response
-from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.utils import floatToGoString
-from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from services.aggregator.api import Clock, read_health
+from services.aggregator.api import STORE_UNAVAILABLE, Clock, Sessions, read_health
 from services.aggregator.board import ProgrammeOut, programme_document, rag_value
+from services.aggregator.opmetrics import OperationalMetrics
 from services.aggregator.store import collector_paused
 from shared.catalogue import Catalogue
+
+log = logging.getLogger("cotn.aggregator.metrics")
 
 PROPOSAL_LABELS = ["column", "proposal"]
 
@@ -190,21 +198,17 @@ def render_gauges(gauges: list[Gauge]) -> bytes:
     return "".join(out).encode()
 
 
-def render_metrics(registry: CollectorRegistry, board: ProgrammeOut | dict[str, Any]) -> bytes:
-    """The operational registry's exposition followed by the programme gauges."""
-    data = board.model_dump() if isinstance(board, ProgrammeOut) else board
-    return generate_latest(registry) + render_gauges(programme_gauges(data))
-
-
 def build_metrics_router(
     *,
     catalogue: Catalogue,
-    sessions: async_sessionmaker,
+    sessions: Sessions,
     clock: Clock,
-    registry: CollectorRegistry,
+    operational: OperationalMetrics,
 ) -> APIRouter:
-    """``GET /metrics`` in the Prometheus text format."""
+    """``GET /metrics`` in the Prometheus text format: ``operational``'s registry, then the
+    programme gauges."""
     router = APIRouter()
+    last_read = b""
 
     @router.get(
         "/metrics",
@@ -214,13 +218,20 @@ def build_metrics_router(
         responses={200: {"content": {CONTENT_TYPE_PLAIN_0_0_4: {}}}},
     )
     async def metrics() -> Response:
-        with collector_paused():
-            health = await read_health(catalogue=catalogue, sessions=sessions, clock=clock)
-            board = programme_document(catalogue, health, detail=False)
-            del health  # freed inside the paused block: nothing left for the collector
-            body = render_metrics(registry, board)
-            del board
+        nonlocal last_read
+        try:
+            with collector_paused():
+                health = await read_health(catalogue=catalogue, sessions=sessions, clock=clock)
+                board = programme_document(catalogue, health, detail=False)
+                del health  # freed inside the paused block: nothing left for the collector
+                last_read = render_gauges(programme_gauges(board))
+                del board
+            operational.database_up.set(1)
+        except STORE_UNAVAILABLE as exc:
+            log.warning("/metrics: the store cannot be read (%s: %s)", type(exc).__name__, exc)
+            operational.database_up.set(0)
         # 0.0.4 is what generate_latest writes and what every Prometheus version reads.
+        body = generate_latest(operational.registry) + last_read
         return Response(body, media_type=CONTENT_TYPE_PLAIN_0_0_4)
 
     return router

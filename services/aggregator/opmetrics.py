@@ -23,7 +23,8 @@ BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class OperationalMetrics:
-    """Counters of stored events, conflicts and dead letters; the backlog; batch timing."""
+    """Counters of stored events, conflicts and dead letters; the backlog; batch timing;
+    whether ``/metrics`` could read the database."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
@@ -52,6 +53,12 @@ class OperationalMetrics:
         self.backlog = Gauge(
             "cotn_consumer_backlog",
             "Messages of the events stream not yet delivered to the aggregator's consumer",
+            registry=registry,
+        )
+        self.database_up = Gauge(
+            "cotn_aggregator_database_up",
+            "1 when the last scrape read the stored state; 0 when the database could not "
+            "answer (the programme gauges then repeat the last read)",
             registry=registry,
         )
         self.batch_seconds = Histogram(

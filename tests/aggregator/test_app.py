@@ -61,6 +61,43 @@ async def test_the_aggregator_waits_for_nats_then_consumes(tmp_path: Path) -> No
     assert "cotn_consumer_backlog" in metrics
 
 
+async def test_the_board_answers_503_until_the_schema_is_migrated(tmp_path: Path) -> None:
+    blocker = tmp_path / "data"
+    blocker.write_text("a file where the database's directory should be")
+    database_url = f"sqlite+aiosqlite:///{blocker / 'cotn.db'}"
+    app = create_app(settings_for(f"nats://127.0.0.1:{free_port()}", database_url))
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://aggregator") as http,
+    ):
+        await eventually(
+            lambda: _readiness(http, "migrating the database"), "/readyz to say it migrates"
+        )
+        for path in ("/v1/programme", "/v1/proposals/1a", "/v1/kpis", "/v1/events"):
+            response = await http.get(path)
+            assert response.status_code == 503, path
+            assert response.headers["content-type"] == "application/problem+json"
+            assert response.headers["Retry-After"] == "5"
+            assert "the database schema is being migrated" in response.json()["detail"]
+        scrape = await http.get("/metrics")
+        assert scrape.status_code == 200
+        assert "cotn_aggregator_database_up 0.0" in scrape.text
+        assert "cotn_proposal_rag" not in scrape.text  # never read: nothing to repeat
+        assert (await http.get("/healthz")).status_code == 200
+
+        blocker.unlink()  # the directory can be made: the migration goes through
+
+        async def board() -> httpx.Response | None:
+            response = await http.get("/v1/programme")
+            return response if response.status_code == 200 else None
+
+        await eventually(board, "the board once the schema is migrated")
+        scrape = await http.get("/metrics")
+    assert "cotn_aggregator_database_up 1.0" in scrape.text
+    assert 'cotn_proposal_rag{column="devolution",proposal="1a"}' in scrape.text
+
+
 async def _readiness(http: httpx.AsyncClient, detail: str) -> httpx.Response | None:
     response = await http.get("/readyz")
     return response if response.json()["detail"] == detail else None

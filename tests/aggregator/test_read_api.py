@@ -31,11 +31,13 @@ from services.aggregator.board import (
 )
 from services.aggregator.consumer import decode
 from services.aggregator.db import make_engine, session_factory, upgrade
-from services.aggregator.metrics import build_metrics_router, render_metrics
+from services.aggregator.metrics import build_metrics_router, programme_gauges, render_gauges
+from services.aggregator.opmetrics import OperationalMetrics
 from services.aggregator.store import store_batch
 from shared.catalogue import Catalogue
 from shared.events import MILESTONE_STATUSES
 from shared.health import KpiObservation, MilestoneState, ProgrammeState, programme_health
+from tests.faults.checks import postgres_away
 
 NOW = datetime(2025, 8, 1, 12, 0, tzinfo=UTC)
 PROGRAMME_START = datetime(2025, 3, 1, tzinfo=UTC)
@@ -286,11 +288,8 @@ def named(found: dict, name: str) -> dict[frozenset, float]:
 
 def test_metric_families_of_a_snapshot(catalogue: Catalogue) -> None:
     board = programme_view(catalogue, programme_health(catalogue, the_state(), NOW))
-    registry = CollectorRegistry()
-    Counter("cotn_test_operations", "An operational counter", registry=registry).inc(3)
-    text = render_metrics(registry, board).decode()
+    text = render_gauges(programme_gauges(board.model_dump())).decode()
     found = samples(text)
-    assert sample(found, "cotn_test_operations_total") == 3
     assert sample(found, "cotn_proposal_rag", column="devolution", proposal="1a") == 1
     assert sample(found, "cotn_kpi_value", kpi="life-sciences-jobs") == 60000
     assert "# HELP cotn_proposal_stalled 1 when the proposal" in text
@@ -321,7 +320,12 @@ def make_app(
         )
     )
     app.include_router(
-        build_metrics_router(catalogue=catalogue, sessions=sessions, clock=clock, registry=registry)
+        build_metrics_router(
+            catalogue=catalogue,
+            sessions=sessions,
+            clock=clock,
+            operational=OperationalMetrics(registry),
+        )
     )
     return app
 
@@ -372,7 +376,14 @@ def assert_problem(response: httpx.Response, status: int, *detail_parts: str) ->
     body = response.json()
     assert body["type"] == "about:blank"
     assert body["status"] == status
-    assert body["title"] == {404: "Not Found", 422: "Unprocessable Content"}[status]
+    assert (
+        body["title"]
+        == {
+            404: "Not Found",
+            422: "Unprocessable Content",
+            503: "Service Unavailable",
+        }[status]
+    )
     for part in detail_parts:
         assert part in body["detail"]
     return body
@@ -630,6 +641,33 @@ async def test_metrics(stack: Stack, catalogue: Catalogue) -> None:
     assert sample(found, "cotn_kpi_target", kpi="life-sciences-jobs") == 118700
     assert len(named(found, "cotn_kpi_expected")) == len(catalogue.kpis)
     assert len(named(found, "cotn_kpi_target")) == len(catalogue.kpis)
+
+
+@pytest.mark.postgres
+async def test_database_away_is_503_on_the_board_and_the_last_read_on_metrics(
+    pg_url: str, catalogue: Catalogue
+) -> None:
+    async for stack in open_stack(pg_url, catalogue):
+        before = samples((await stack.client.get("/metrics")).text)
+        assert sample(before, "cotn_aggregator_database_up") == 1
+        async with postgres_away(pg_url):
+            for path in ("/v1/programme", "/v1/proposals/1a", "/v1/kpis", "/v1/events"):
+                response = await stack.client.get(path)
+                assert_problem(response, 503, "the database is not answering")
+                assert response.headers["Retry-After"] == "5"
+                assert "SELECT" not in response.text and "127.0.0.1" not in response.text
+            # A scrape still succeeds: the database down, the programme as last read.
+            scrape = await stack.client.get("/metrics")
+            assert scrape.status_code == 200
+            during = samples(scrape.text)
+            assert sample(during, "cotn_aggregator_database_up") == 0
+            assert named(during, "cotn_proposal_stalled") == named(before, "cotn_proposal_stalled")
+            assert len(during) == len(before)
+        # The pool's connections were cut: the next read reconnects.
+        assert (await stack.client.get("/v1/programme")).status_code == 200
+        after = samples((await stack.client.get("/metrics")).text)
+        assert sample(after, "cotn_aggregator_database_up") == 1
+        assert after == before
 
 
 async def test_stall_alert_expression_agrees_with_stalled(stack: Stack) -> None:

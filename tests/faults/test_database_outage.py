@@ -2,8 +2,9 @@
 
 The aggregator naks each batch it cannot store, with a growing delay, and JetStream
 redelivers it (and redelivers it again each time ack_wait runs out): for as long as the
-outage lasts, no message is terminated or given up after a delivery limit. Once the
-database is back, everything acknowledged is stored once.
+outage lasts, no message is terminated or given up after a delivery limit, the board
+answers 503 with Retry-After and /metrics says the database is down. Once the database is
+back, everything acknowledged is stored once.
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ async def test_database_down_longer_than_ack_wait_terminates_nothing(
             down_since = loop.time()
             await eventually(lambda: says_database(aggregator), "/readyz to blame the database")
             await eventually(lambda: redelivering(fresh_nats.url), "batches coming back")
+            async with httpx.AsyncClient(base_url=aggregator.url, timeout=15) as client:
+                board = await client.get("/v1/programme")
+                scrape = await client.get("/metrics")
+            assert (board.status_code, board.headers.get("Retry-After")) == (503, "5")
+            assert "cotn_aggregator_database_up 0.0" in scrape.text
             # Away for three ack_waits at least: the waits run out while nothing is stored.
             await asyncio.sleep(max(0.0, 3 * ACK_WAIT - (loop.time() - down_since)))
         load.stop()

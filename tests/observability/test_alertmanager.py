@@ -166,13 +166,12 @@ def test_a_red_proposal_inhibits_its_own_amber_alerts(alertmanager: str) -> None
     assert [r["name"] for r in found["red"]["receivers"]] == ["column-business"]
 
 
-def test_the_aggregator_down_inhibits_what_it_computes(alertmanager: str) -> None:
+@pytest.mark.parametrize("outage", ["ServiceDown", "AggregatorDatabaseDown"])
+def test_the_aggregator_down_inhibits_what_it_computes(alertmanager: str, outage: str) -> None:
     found = post_and_read(
         alertmanager,
         [
-            alert(
-                case="agg-down", alertname="ServiceDown", service="aggregator", team="operations"
-            ),
+            alert(case="agg-down", alertname=outage, service="aggregator", team="operations"),
             alert(case="dlq", alertname="DeadLetters", service="aggregator", reason="invalid_json"),
             alert(
                 case="stall",

@@ -26,6 +26,7 @@ EXPECTED_ALERTS = {
     "AuthorityEventsRejected",
     "AggregatorBacklogGrowing",
     "DeadLetters",
+    "AggregatorDatabaseDown",
     "ServiceDown",
 }
 PROPOSAL_ALERTS = {"ProposalStalled", "MilestoneOverdue", "ProposalRed"}
