@@ -33,9 +33,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from services.aggregator.api import StoreNotReady, build_read_router
 from services.aggregator.consumer import (
     BatchConsumer,
+    adapt_pull_subscriptions,
     dlq_publisher,
     ensure_consumer,
-    fetch_timeouts_as_nats_errors,
     publish_dead_letter,
     subscribe_events,
 )
@@ -172,7 +172,7 @@ class Aggregator:
             )
             self.migrated = True
         await self._until_done("connecting to NATS", self.broker.connect)
-        fetch_timeouts_as_nats_errors(self.broker.config.connection_state.stream)
+        adapt_pull_subscriptions(self.broker.config.connection_state.stream)
         await self._until_done("setting up the streams", self._prepare_bus)
         await self._until_done("starting the consumer", self.broker.start)
         self._status_task = self._spawn(self.status.run())

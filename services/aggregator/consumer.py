@@ -39,6 +39,7 @@ from faststream.middlewares import AckPolicy
 from faststream.nats import JStream, NatsRouter, PullSub
 from faststream.nats.publisher.usecase import LogicPublisher
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy as JsAckPolicy
 from nats.js.api import ConsumerConfig, DeliverPolicy
@@ -103,13 +104,14 @@ async def ensure_consumer(js: JetStreamContext, settings: AggregatorSettings) ->
     await js.add_consumer(EVENTS_STREAM, consumer_config(settings))
 
 
-def fetch_timeouts_as_nats_errors(js: JetStreamContext) -> None:
-    """Make the pull subscriptions ``js`` creates raise only nats-py's own fetch timeout.
+def adapt_pull_subscriptions(js: JetStreamContext) -> None:
+    """Adapt the pull subscriptions ``js`` creates to the batch loop; run before it starts.
 
-    nats-py 2.16's ``fetch`` sometimes raises a bare ``asyncio.TimeoutError`` (when a batch
-    window runs out between its two pull requests); FastStream's batch loop only expects
-    ``nats.errors.TimeoutError``, so the bare one kills the loop and the messages it had
-    collected wait a whole ack_wait for redelivery. Must run before the subscriber starts.
+    - **Timeouts**: nats-py 2.16's ``fetch`` sometimes raises a bare ``asyncio.TimeoutError``
+      (when a batch window runs out between its two pull requests); FastStream's batch loop
+      only expects ``nats.errors.TimeoutError``, so the bare one would kill the loop and the
+      messages it had collected would wait a whole ack_wait for redelivery.
+    - **Queued messages**: see :func:`take_queued_messages_at_once`.
     """
     pull_subscribe = js.pull_subscribe
 
@@ -126,9 +128,63 @@ def fetch_timeouts_as_nats_errors(js: JetStreamContext) -> None:
                 raise nats.errors.TimeoutError from exc
 
         subscription.fetch = fetch_or_nats_timeout  # type: ignore[method-assign]
+        take_queued_messages_at_once(subscription._sub)
         return subscription
 
     js.pull_subscribe = subscribe  # type: ignore[method-assign]
+
+
+def take_queued_messages_at_once(sub: Subscription) -> bool:
+    """Let ``sub.next_msg`` hand over a message already queued without a task per message.
+
+    ``fetch(500)`` calls ``next_msg`` once per message, and nats-py's ``next_msg`` makes a
+    task (named by a fresh UUID) and a ``wait_for`` each time, even when the message is
+    already in the queue: about a tenth of the consumer's time per event. A queued message
+    is taken here with nats-py's own bookkeeping (pending bytes, ``task_done``); otherwise,
+    and on a closed connection, nats-py's ``next_msg`` runs as before. Returns False, and
+    changes nothing, when this nats-py keeps its queue elsewhere.
+    """
+    queue = getattr(sub, "_pending_queue", None)
+    if not isinstance(queue, asyncio.Queue) or not isinstance(
+        getattr(sub, "_pending_size", None), int
+    ):
+        return False
+    next_msg = sub.next_msg
+
+    async def next_queued_msg(timeout: float | None = 1.0) -> Msg:  # noqa: ASYNC109 (nats-py's)
+        if queue.empty() or sub._conn.is_closed:
+            return await next_msg(timeout)
+        msg: Msg = queue.get_nowait()
+        sub._pending_size -= len(msg.data)
+        queue.task_done()
+        return msg
+
+    sub.next_msg = next_queued_msg  # type: ignore[method-assign]
+    return True
+
+
+def stream_position(msg: Msg) -> tuple[int, datetime]:
+    """(stream sequence, time stored) of a JetStream delivery, read from its reply subject.
+
+    The two fields ``msg.metadata`` gives, without building its frozen dataclasses: that
+    was about a twentieth of the consumer's time per event. Reply subjects are
+    ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending>`` or, with a
+    domain, ``$JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>...``;
+    anything else is left to nats-py (which raises ``NotJSMessageError``).
+    """
+    tokens = msg.reply.split(".")
+    if tokens[:2] == ["$JS", "ACK"]:
+        if len(tokens) == 9:
+            sequence, nanoseconds = tokens[5], tokens[7]
+        elif len(tokens) >= 11:
+            sequence, nanoseconds = tokens[7], tokens[9]
+        else:
+            sequence = ""
+        if sequence:
+            # The same arithmetic as nats-py's, so both give the same instant.
+            return int(sequence), datetime.fromtimestamp(int(nanoseconds) / 1_000_000_000.0, UTC)
+    meta = msg.metadata
+    return meta.sequence.stream, meta.timestamp
 
 
 def event_digest(event: Any) -> str:
@@ -142,18 +198,18 @@ def decode(msg: Msg, catalogue: Catalogue) -> NewEvent:
     """The rows one message stores; :class:`Unstorable` if it can never be stored."""
     obj, event = _parse(msg.data)
     column, proposal = _place(msg.subject, KIND_OF_TYPE[event.type], catalogue)
-    meta = msg.metadata
+    stream_seq, received_at = stream_position(msg)
     row = {
         "source": event.source,
         "event_id": event.id,
-        "stream_seq": meta.sequence.stream,
+        "stream_seq": stream_seq,
         "type": event.type,
         "column": column,
         "proposal": proposal,
         "milestone": None,
         "kpi": None,
         "event_time": event.time,
-        "received_at": meta.timestamp,
+        "received_at": received_at,
         "data": obj["data"],
         "digest": event_digest(event),
     }

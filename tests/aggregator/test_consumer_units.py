@@ -7,8 +7,11 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import nats
+import nats.errors
 import pytest
 from nats.aio.msg import Msg
+from nats.errors import NotJSMessageError
 from pydantic import ValidationError
 
 from services.aggregator.consumer import (
@@ -18,13 +21,16 @@ from services.aggregator.consumer import (
     dead_letter_row,
     decode,
     event_digest,
+    stream_position,
+    take_queued_messages_at_once,
 )
 from services.aggregator.settings import AggregatorSettings, async_database_url
 from shared.bus import EVENTS_SUBJECTS
 from shared.catalogue import Catalogue
 from shared.events import parse_event
+from shared.natsserver import NatsServer
 
-from .harness import T0, kpi, milestone, subject_of
+from .harness import T0, eventually, kpi, milestone, subject_of
 
 STORED_AT = datetime(2025, 6, 1, 9, 0, 1, tzinfo=UTC)
 
@@ -45,6 +51,34 @@ def js_message(
         data=payload,
         headers={"Nats-Msg-Id": "greater-manchester:x"},
     )
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "$JS.ACK.COTN_EVENTS.cotn-aggregator.3.1042.77.1748768401123456789.12",
+        "$JS.ACK._.ACCHASH.COTN_EVENTS.cotn-aggregator.3.1042.77.1748768401123456789.12.x9",
+        "$JS.ACK.hub.ACCHASH.COTN_EVENTS.cotn-aggregator.3.1042.77.1748768401123456789.12",
+    ],
+    ids=["v1", "v2-no-domain", "v2-domain-no-token"],
+)
+def test_stream_position_is_what_nats_py_reads_from_the_reply(reply: str) -> None:
+    msg = Msg(_client=None, subject="s", reply=reply, data=b"")  # type: ignore[arg-type]
+    meta = msg.metadata
+    assert (
+        stream_position(msg)
+        == (meta.sequence.stream, meta.timestamp)
+        == (
+            1042,
+            datetime(2025, 6, 1, 9, 0, 1, 123457, tzinfo=UTC),
+        )
+    )
+
+
+def test_a_reply_that_is_not_jetstreams_is_refused_as_nats_py_refuses_it() -> None:
+    msg = Msg(_client=None, subject="s", reply="_INBOX.abc", data=b"")  # type: ignore[arg-type]
+    with pytest.raises(NotJSMessageError):
+        stream_position(msg)
 
 
 def reason_of(msg: Msg, catalogue: Catalogue) -> str:
@@ -181,3 +215,30 @@ def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = AggregatorSettings()
     assert (settings.batch_size, settings.status_interval_seconds) == (100, 5)
     assert settings.database_url == "sqlite+aiosqlite:///./.cotn/cotn.db"
+
+
+async def test_queued_messages_are_taken_in_order_then_next_msg_waits(
+    nats_server: NatsServer,
+) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        sub = await nc.subscribe("cotn.test.queued")
+        assert take_queued_messages_at_once(sub)  # this nats-py keeps its queue as expected
+        for n in range(3):
+            await nc.publish("cotn.test.queued", f"m{n}".encode())
+        await nc.flush()
+
+        async def queued() -> bool:
+            return sub.pending_msgs == 3
+
+        await eventually(queued, "three messages queued")
+        assert sub.pending_bytes == 6
+        taken = [(await sub.next_msg(timeout=0.5)).data for _ in range(3)]
+        assert taken == [b"m0", b"m1", b"m2"]
+        assert (sub.pending_msgs, sub.pending_bytes) == (0, 0)
+        with pytest.raises(nats.errors.TimeoutError):  # nothing queued: nats-py's own wait
+            await sub.next_msg(timeout=0.1)
+        await nc.publish("cotn.test.queued", b"late")
+        assert (await sub.next_msg(timeout=2)).data == b"late"
+    finally:
+        await nc.close()

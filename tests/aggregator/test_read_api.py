@@ -136,10 +136,11 @@ GM, WY, NG = "greater-manchester", "west-yorkshire", "northern-gritstone"
 def message(seq: int, subject: str, event: dict[str, Any]) -> Any:
     """A stand-in for a JetStream message: what ``consumer.decode`` reads of one."""
     received = datetime.fromisoformat(event["time"]).astimezone(UTC) + RECEIVED_DELAY
+    stamp = int(received.timestamp()) * 1_000_000_000
     return SimpleNamespace(
         subject=subject,
         data=json.dumps(event).encode(),
-        metadata=SimpleNamespace(sequence=SimpleNamespace(stream=seq), timestamp=received),
+        reply=f"$JS.ACK.COTN_EVENTS.cotn-aggregator.1.{seq}.{seq}.{stamp}.0",
     )
 
 
