@@ -127,7 +127,15 @@ def programme_gauges(board: dict[str, Any]) -> list[Gauge]:
         "1 when the latest actual is worse than its trajectory beyond the KPI's tolerance",
         ["kpi"],
     )
+    evidence = _gauge(
+        "cotn_kpi_evidence",
+        "Always 1: a proposal the KPI evidences (catalogue), to take KPI alerts to its column",
+        ["kpi", *PROPOSAL_LABELS],
+    )
+    column_of = {p["id"]: column["id"] for column in board["columns"] for p in column["proposals"]}
     for k in board["kpis"]:
+        for proposal in k["evidences"]:
+            evidence.add_metric((k["id"], column_of[proposal], proposal), 1)
         expected.add_metric((k["id"],), k["expected"])
         target.add_metric((k["id"],), k["target"]["value"])
         # No actual yet: no sample, rather than a zero that would read as a real value.
@@ -147,6 +155,7 @@ def programme_gauges(board: dict[str, Any]) -> list[Gauge]:
         expected,
         target,
         off,
+        evidence,
     ]
 
 

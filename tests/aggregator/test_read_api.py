@@ -642,6 +642,14 @@ async def test_metrics(stack: Stack, catalogue: Catalogue) -> None:
     assert sample(found, "cotn_kpi_target", kpi="life-sciences-jobs") == 118700
     assert len(named(found, "cotn_kpi_expected")) == len(catalogue.kpis)
     assert len(named(found, "cotn_kpi_target")) == len(catalogue.kpis)
+    # Which columns a KPI alert goes to: one series per proposal the KPI evidences.
+    evidence = named(found, "cotn_kpi_evidence")
+    assert set(evidence.values()) == {1}
+    assert {dict(labels)["column"] for labels in evidence if ("kpi", "rd-boost-gva") in labels} == {
+        "devolution",
+        "business",
+    }
+    assert len(evidence) == sum(len(k.evidences) for k in catalogue.kpis)
 
 
 @pytest.mark.postgres

@@ -26,7 +26,10 @@ ROUTES = [
         "column-collaboration",
     ),
     ({"alertname": "ProposalRed", "column": "devolution", "proposal": "1a"}, "column-devolution"),
-    ({"alertname": "KpiOffTrajectory", "kpi": "exports"}, "programme-office"),
+    (
+        {"alertname": "KpiOffTrajectory", "kpi": "exports", "column": "business"},
+        "programme-office,column-business",
+    ),
     (
         {"alertname": "ServiceDown", "service": "ingest", "column": "business"},
         "operations,column-business",
