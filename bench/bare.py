@@ -42,9 +42,9 @@ WINDOW = 1000
 
 EVENT_COLUMNS = ("source", "event_id", "stream_seq", "type", "column", "proposal", "milestone",
                  "kpi", "event_time", "received_at", "data", "digest")  # fmt: skip
-BARE_INSERT = """
-INSERT INTO event (source, event_id, stream_seq, type, "column", proposal, milestone, kpi,
-                   event_time, received_at, data, digest)
+COLUMNS_SQL = ", ".join(f'"{c}"' for c in EVENT_COLUMNS)
+BARE_INSERT = f"""
+INSERT INTO event ({COLUMNS_SQL})
 SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[],
                      $7::text[], $8::text[], $9::timestamptz[], $10::timestamptz[],
                      $11::jsonb[], $12::text[])
@@ -179,8 +179,7 @@ async def bare_loop_sqlite(nats_url: str, path: str, total: int, durable: str) -
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
-    columns = ", ".join(f'"{c}"' for c in EVENT_COLUMNS)
-    insert = f"INSERT INTO event ({columns}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))}) "
+    insert = f"INSERT INTO event ({COLUMNS_SQL}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))}) "
     insert += "ON CONFLICT DO NOTHING"
 
     async def store(rows: list[tuple[Any, ...]]) -> None:

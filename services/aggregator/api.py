@@ -163,9 +163,13 @@ def unavailable_reason(exc: BaseException) -> str:
     return "the database is not answering"
 
 
+def log_unreadable(path: str, exc: BaseException) -> None:
+    log.warning("%s: the store cannot be read (%s: %s)", path, type(exc).__name__, exc)
+
+
 def store_unavailable(exc: BaseException, path: str) -> JSONResponse:
     """503 with Retry-After: the board is back as soon as the database is."""
-    log.warning("%s: the store cannot be read (%s: %s)", path, type(exc).__name__, exc)
+    log_unreadable(path, exc)
     return problem_response(
         503,
         f"{unavailable_reason(exc)}; retry in {RETRY_AFTER_SECONDS} s",

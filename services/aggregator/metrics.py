@@ -17,7 +17,6 @@ thousand proposals has tens of thousands of series, scraped every few seconds.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,13 +26,17 @@ from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.utils import floatToGoString
 
-from services.aggregator.api import STORE_UNAVAILABLE, Clock, Sessions, read_health
+from services.aggregator.api import (
+    STORE_UNAVAILABLE,
+    Clock,
+    Sessions,
+    log_unreadable,
+    read_health,
+)
 from services.aggregator.board import ProgrammeOut, programme_document, rag_value
 from services.aggregator.opmetrics import OperationalMetrics
 from services.aggregator.store import collector_paused
 from shared.catalogue import Catalogue
-
-log = logging.getLogger("cotn.aggregator.metrics")
 
 PROPOSAL_LABELS = ["column", "proposal"]
 
@@ -237,7 +240,7 @@ def build_metrics_router(
                 del board
             operational.database_up.set(1)
         except STORE_UNAVAILABLE as exc:
-            log.warning("/metrics: the store cannot be read (%s: %s)", type(exc).__name__, exc)
+            log_unreadable("/metrics", exc)
             operational.database_up.set(0)
         # 0.0.4 is what generate_latest writes and what every Prometheus version reads.
         body = generate_latest(operational.registry) + last_read

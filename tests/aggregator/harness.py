@@ -56,6 +56,12 @@ class FakeClock:
         self.now += delta
 
 
+def js_reply(seq: int, stored_at: datetime, delivered: int = 1) -> str:
+    """The reply subject JetStream gives a delivery: where nats-py reads its metadata."""
+    stamp = int(stored_at.timestamp()) * 1_000_000_000 + stored_at.microsecond * 1000
+    return f"$JS.ACK.COTN_EVENTS.cotn-aggregator.{delivered}.{seq}.{seq}.{stamp}.0"
+
+
 def settings_for(nats_url: str, database_url: str, **overrides: Any) -> AggregatorSettings:
     """Settings for a test: short waits, no periodic status pass unless asked."""
     values: dict[str, Any] = {

@@ -30,7 +30,7 @@ from shared.catalogue import Catalogue
 from shared.events import parse_event
 from shared.natsserver import NatsServer
 
-from .harness import T0, eventually, kpi, milestone, subject_of
+from .harness import T0, eventually, js_reply, kpi, milestone, subject_of
 
 STORED_AT = datetime(2025, 6, 1, 9, 0, 1, tzinfo=UTC)
 
@@ -42,12 +42,10 @@ def js_message(
     if isinstance(payload, dict):
         subject = subject or subject_of(payload)
         payload = json.dumps(payload).encode()
-    stamp = int(STORED_AT.timestamp() * 1e9)
-    reply = f"$JS.ACK.COTN_EVENTS.cotn-aggregator.{delivered}.{seq}.{seq}.{stamp}.0"
     return Msg(
         _client=None,  # type: ignore[arg-type]
         subject=subject or "cotn.events.collaboration.2a.milestone",
-        reply=reply,
+        reply=js_reply(seq, STORED_AT, delivered),
         data=payload,
         headers={"Nats-Msg-Id": "greater-manchester:x"},
     )

@@ -39,6 +39,8 @@ from shared.events import MILESTONE_STATUSES
 from shared.health import KpiObservation, MilestoneState, ProgrammeState, programme_health
 from tests.faults.checks import postgres_away
 
+from .harness import js_reply
+
 NOW = datetime(2025, 8, 1, 12, 0, tzinfo=UTC)
 PROGRAMME_START = datetime(2025, 3, 1, tzinfo=UTC)
 DAY = 86400.0
@@ -136,11 +138,8 @@ GM, WY, NG = "greater-manchester", "west-yorkshire", "northern-gritstone"
 def message(seq: int, subject: str, event: dict[str, Any]) -> Any:
     """A stand-in for a JetStream message: what ``consumer.decode`` reads of one."""
     received = datetime.fromisoformat(event["time"]).astimezone(UTC) + RECEIVED_DELAY
-    stamp = int(received.timestamp()) * 1_000_000_000
     return SimpleNamespace(
-        subject=subject,
-        data=json.dumps(event).encode(),
-        reply=f"$JS.ACK.COTN_EVENTS.cotn-aggregator.1.{seq}.{seq}.{stamp}.0",
+        subject=subject, data=json.dumps(event).encode(), reply=js_reply(seq, received)
     )
 
 
