@@ -134,7 +134,13 @@ async def test_posted_events_reach_the_board_and_metrics_once(
             exports = next(k for k in board["kpis"] if k["id"] == "exports")
             assert exports["actual"] == 90.0 and exports["on_track"] is False
 
-            metrics = (await read.get("/metrics")).text
+            # The counters follow the commit this client already reads by a moment.
+            async def counted() -> str | None:
+                text = (await read.get("/metrics")).text
+                persisted = samples(text, "cotn_events_persisted_total")
+                return text if sum(persisted.values()) >= 4 else None
+
+            metrics = await eventually(counted, "the four stored events counted")
             completed = samples(metrics, "cotn_milestones")
             key = (("column", "devolution"), ("proposal", "1a"), ("status", "completed"))
             assert completed[key] == 1

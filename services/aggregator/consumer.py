@@ -374,13 +374,14 @@ class BatchConsumer:
             await self._retry_later(messages, exc)
             return
         self.database_ok = True
+        # Counted as soon as it is committed: an acknowledged message is always counted.
+        self._count(outcome)
         await self._fault.reached("after_commit")
         unsent = await self._send_dead_letters(batch.dead_letters)
         for index, msg in enumerate(messages):
             if index == len(messages) // 2:
                 await self._fault.reached("mid_batch", flush=msg)
             await self._settle(msg, retry=id(msg) in unsent)
-        self._count(outcome)
         self._metrics.batch_seconds.observe(perf_counter() - started)
         if outcome.persisted:
             self._on_stored()

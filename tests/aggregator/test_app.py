@@ -15,6 +15,8 @@ from shared.natsserver import NatsServer, free_port
 
 from .harness import bus_at, database_at, eventually, milestone, settings_for
 
+PERSISTED_ONE = 'cotn_events_persisted_total{type="org.cotn.milestone.v1"} 1.0'
+
 
 def test_create_app_connects_nothing(tmp_path: Path) -> None:
     database = tmp_path / "never" / "cotn.db"
@@ -53,10 +55,15 @@ async def test_the_aggregator_waits_for_nats_then_consumes(tmp_path: Path) -> No
             async with bus_at(server.url) as bus, database_at(database_url) as db:
                 await bus.publish(milestone("e1", "2a", "adoption-priorities", "completed"))
                 await eventually(lambda: db.has_events(1), "the event stored")
-            metrics = (await http.get("/metrics")).text
+
+            # Counted a moment after the commit this connection already sees.
+            async def counted() -> str | None:
+                text = (await http.get("/metrics")).text
+                return text if PERSISTED_ONE in text else None
+
+            metrics = await eventually(counted, "the stored event counted")
     finally:
         server.stop()
-    assert 'cotn_events_persisted_total{type="org.cotn.milestone.v1"} 1.0' in metrics
     assert 'cotn_dead_letters_total{reason="invalid_json"} 0.0' in metrics
     assert "cotn_consumer_backlog" in metrics
 
