@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from services.cli.common import EXIT_BAD_INPUT, EXIT_FAILED
 from services.cli.main import app
+from services.cli.run import NotReady, wait_ready
 from services.cli.supervisor import Part, RestartLimitExceeded, Supervisor, port_is_free
 from shared.natsserver import free_port
 
@@ -84,6 +85,19 @@ def test_stop_kills_a_part_that_ignores_sigterm(tmp_path: Path) -> None:
     supervisor.stop_all(timeout=0.5)
     assert not alive(pid)
     assert part.process is None
+
+
+async def test_a_part_that_never_answers_is_named_by_its_address(tmp_path: Path) -> None:
+    # A port that accepts connections but never answers: the first round of probes is still
+    # waiting when the time is up, and the message must say where it was waiting.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        part = Part(name="mute", argv=[], log=tmp_path / "mute.log", port=port)
+        with pytest.raises(NotReady) as refused:
+            await wait_ready([part], within=0.3)
+    assert str(refused.value) == (
+        f"not ready after 0.3s: mute: http://127.0.0.1:{port}/readyz has not been probed yet"
+    )
 
 
 # -- the commands' help and bad input --------------------------------------------------------

@@ -204,6 +204,13 @@ def busy_part(parts: list[Part]) -> Part | None:
     return next((p for p in parts if not port_is_free(p.host, p.port)), None)
 
 
+def readiness_address(part: Part) -> str:
+    """Where ``part``'s readiness is probed: its ready URL, or its port when it has none."""
+    if part.ready_path is None:
+        return f"{part.host}:{part.port}"
+    return part.url + part.ready_path
+
+
 async def probe(client: httpx.AsyncClient, part: Part) -> str | None:
     """None when ``part`` is ready, else why not (for the not-ready message)."""
     if part.ready_path is None:
@@ -212,10 +219,10 @@ async def probe(client: httpx.AsyncClient, part: Part) -> str | None:
                 asyncio.open_connection(part.host, part.port), PROBE_TIMEOUT
             )
         except (OSError, TimeoutError):
-            return f"nothing listens on {part.host}:{part.port}"
+            return f"nothing listens on {readiness_address(part)}"
         writer.close()
         return None
-    url = part.url + part.ready_path
+    url = readiness_address(part)
     try:
         response = await client.get(url, timeout=PROBE_TIMEOUT)
     except httpx.HTTPError:
@@ -231,7 +238,8 @@ async def probe(client: httpx.AsyncClient, part: Part) -> str | None:
 
 async def wait_ready(parts: list[Part], within: float) -> None:
     """Poll every part's readiness until all answer; raise naming those that never did."""
-    waiting = {p.name: "no answer yet" for p in parts}
+    # Named by address from the start: a first round of probes may not end in time.
+    waiting = {p.name: f"{readiness_address(p)} has not been probed yet" for p in parts}
     try:
         async with asyncio.timeout(within), httpx.AsyncClient() as client:
             while waiting:
