@@ -8,6 +8,7 @@ Run it with ``cotn serve ingest --column <id>``, or with
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -51,6 +52,10 @@ def create_app(settings: IngestSettings, *, clock: Callable[[], datetime] = utc_
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # What start-up built (modules, schemas, the catalogue, the app) lives as long as the
+        # process. Frozen, it is no longer scanned by each full collection: at 500 requests
+        # a second those scans stalled every request for 40 to 90 ms (the single-event p99).
+        gc.freeze()
         try:
             yield
         finally:

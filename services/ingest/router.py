@@ -63,7 +63,8 @@ class IngestResult(BaseModel):
     duplicates: list[str]
 
 
-def ingest_context(request: Request) -> IngestContext:
+async def ingest_context(request: Request) -> IngestContext:
+    # async: FastAPI would run a plain function in a worker thread, a thread hop per request.
     context: IngestContext = request.app.state.ingest
     return context
 
