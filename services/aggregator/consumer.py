@@ -173,16 +173,11 @@ def stream_position(msg: Msg) -> tuple[int, datetime]:
     anything else is left to nats-py (which raises ``NotJSMessageError``).
     """
     tokens = msg.reply.split(".")
-    if tokens[:2] == ["$JS", "ACK"]:
-        if len(tokens) == 9:
-            sequence, nanoseconds = tokens[5], tokens[7]
-        elif len(tokens) >= 11:
-            sequence, nanoseconds = tokens[7], tokens[9]
-        else:
-            sequence = ""
-        if sequence:
-            # The same arithmetic as nats-py's, so both give the same instant.
-            return int(sequence), datetime.fromtimestamp(int(nanoseconds) / 1_000_000_000.0, UTC)
+    if tokens[:2] == ["$JS", "ACK"] and (len(tokens) == 9 or len(tokens) >= 11):
+        skip = 0 if len(tokens) == 9 else 2  # the domain and the account hash
+        sequence, nanoseconds = tokens[5 + skip], tokens[7 + skip]
+        # The same arithmetic as nats-py's, so both give the same instant.
+        return int(sequence), datetime.fromtimestamp(int(nanoseconds) / 1_000_000_000.0, UTC)
     meta = msg.metadata
     return meta.sequence.stream, meta.timestamp
 
@@ -264,17 +259,17 @@ def _place(subject: str, kind: str, catalogue: Catalogue) -> tuple[str, str]:
 
 def dead_letter_row(msg: Msg, problem: Unstorable, recorded_at: datetime) -> dict[str, Any]:
     """The ``dead_letter`` row of a message, kept as it arrived."""
-    meta = msg.metadata
+    stream_seq, received_at = stream_position(msg)
     return {
         "reason": problem.reason,
         "detail": problem.detail,
-        "stream_seq": meta.sequence.stream,
+        "stream_seq": stream_seq,
         "subject": msg.subject,
         "payload": msg.data,
         # A dead letter that cannot be stored either would block the stream for ever.
         "headers": {one_line(k): one_line(v) for k, v in (msg.headers or {}).items()},
         "digest": hashlib.sha256(msg.data).hexdigest(),
-        "received_at": meta.timestamp,
+        "received_at": received_at,
         "recorded_at": recorded_at,
     }
 
@@ -393,10 +388,9 @@ class BatchConsumer:
             try:
                 batch.events.append((msg, decode(msg, self._catalogue)))
             except Unstorable as problem:
-                log.warning(
-                    "dead letter (stream seq %s): %s", msg.metadata.sequence.stream, problem
-                )
-                batch.dead_letters.append((msg, dead_letter_row(msg, problem, now)))
+                row = dead_letter_row(msg, problem, now)
+                log.warning("dead letter (stream seq %s): %s", row["stream_seq"], problem)
+                batch.dead_letters.append((msg, row))
         return batch
 
     async def _commit(
