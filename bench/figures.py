@@ -315,7 +315,7 @@ async def _drain_once(
 
 
 def _cursor(event: dict[str, object]) -> str:
-    """The audit trail's cursor after ``event`` (as services.aggregator.store encodes it)."""
+    """The audit trail's cursor after ``event`` (as services.aggregator.queries encodes it)."""
     raw = json.dumps([event["stream_seq"], event["source"], event["id"]]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
-
-from shared.events import KIND_OF_TYPE, KpiEvent, MilestoneEvent
 
 EVENTS_STREAM = "COTN_EVENTS"
 EVENTS_SUBJECTS = "cotn.events.>"
@@ -22,14 +21,29 @@ MSG_ID_HEADER = "Nats-Msg-Id"
 CONTENT_TYPE = "application/cloudevents+json"
 
 
+class EventSubject(NamedTuple):
+    """Where an accepted event is filed: ``cotn.events.<column>.<proposal>.<kind>``."""
+
+    column: str
+    proposal: str
+    kind: str
+    """The subject token of the event's kind (``milestone``, ``kpi``: see shared.kinds)."""
+
+    def __str__(self) -> str:
+        return f"cotn.events.{self.column}.{self.proposal}.{self.kind}"
+
+
 def event_subject(column: str, proposal: str, kind: str) -> str:
-    """``cotn.events.<column>.<proposal>.<kind>`` where kind is ``milestone`` or ``kpi``."""
-    return f"cotn.events.{column}.{proposal}.{kind}"
+    """``cotn.events.<column>.<proposal>.<kind>``."""
+    return str(EventSubject(column, proposal, kind))
 
 
-def subject_for(event: MilestoneEvent | KpiEvent, column: str, proposal: str) -> str:
-    """The subject of an accepted event; a KPI event is filed under the proposal it evidences."""
-    return event_subject(column, proposal, KIND_OF_TYPE[event.type])
+def parse_event_subject(subject: str) -> EventSubject:
+    """The parts of an events subject; ValueError if ``subject`` is not one."""
+    tokens = subject.split(".")
+    if len(tokens) != 5 or tokens[:2] != ["cotn", "events"] or not all(tokens[2:]):
+        raise ValueError(f"{subject} is not cotn.events.<column>.<proposal>.<kind>")
+    return EventSubject(tokens[2], tokens[3], tokens[4])
 
 
 def status_subject(column: str, proposal: str) -> str:

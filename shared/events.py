@@ -1,15 +1,15 @@
-"""The events authority systems send: CloudEvents 1.0, structured JSON, two types.
+"""The envelope of the events authority systems send: CloudEvents 1.0, structured JSON.
 
 The models are closed (``extra="forbid"``) and frozen. Nothing here invents a missing
-``id`` or ``time``: both are required. Catalogue and authorisation checks, which need
-the catalogue, the sender and a clock, live in :mod:`shared.validation`.
+``id`` or ``time``: both are required. Each kind of event (its ``type`` and ``data``) is a
+module of :mod:`shared.kinds`; checks that need the catalogue, the sender and a clock live
+there and in :mod:`shared.validation`.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from datetime import date
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -19,21 +19,10 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    HttpUrl,
     StrictStr,
-    TypeAdapter,
 )
 
-MILESTONE_TYPE = "org.cotn.milestone.v1"
-KPI_TYPE = "org.cotn.kpi.v1"
-EVENT_TYPES = (MILESTONE_TYPE, KPI_TYPE)
-KIND_OF_TYPE = {MILESTONE_TYPE: "milestone", KPI_TYPE: "kpi"}
-
-MilestoneStatus = Literal["not_started", "in_progress", "at_risk", "blocked", "completed"]
-MILESTONE_STATUSES: tuple[str, ...] = MilestoneStatus.__args__  # type: ignore[attr-defined]
-
 MAX_NOTE = 2000
-PERIOD_PATTERN = r"^\d{4}(-Q[1-4]|-(0[1-9]|1[0-2]))?$"
 _NO_CONTROL = r"^[^\x00-\x1f\x7f]+$"
 
 
@@ -87,27 +76,15 @@ Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
 Ref = Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9-]*$")]
 
 
-class _Frozen(BaseModel):
+class Frozen(BaseModel):
+    """Closed and immutable: the shape of every event model."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class MilestoneData(_Frozen):
-    proposal: Ref
-    milestone: Ref
-    status: MilestoneStatus
-    note: Note | None = None
-    evidence_url: HttpUrl | None = None
+class CloudEvent(Frozen):
+    """The CloudEvents 1.0 envelope every kind shares; a kind adds its ``type`` and ``data``."""
 
-
-class KpiData(_Frozen):
-    kpi: Ref
-    value: FiniteNumber
-    period: Annotated[StrictStr, Field(pattern=PERIOD_PATTERN)]
-    unit: StrictStr | None = Field(default=None, description="If given, must be the KPI's unit")
-    note: Note | None = None
-
-
-class _CloudEvent(_Frozen):
     specversion: Literal["1.0"]
     id: Annotated[StrictStr, Field(min_length=1, max_length=256, pattern=_NO_CONTROL)]
     source: Annotated[StrictStr, Field(min_length=1, max_length=64)]
@@ -118,51 +95,11 @@ class _CloudEvent(_Frozen):
     subject: Annotated[Line, Field(max_length=256)] | None = None
     traceparent: Annotated[Line, Field(max_length=128)] | None = None
     tracestate: Annotated[Line, Field(max_length=512)] | None = None
+    # Narrowed by each kind (a Literal type, its data model); last, as every event is written.
+    type: str
+    data: Frozen
 
     @property
     def key(self) -> tuple[str, str]:
         """The event's identity: sending the same pair again stores nothing new."""
         return (self.source, self.id)
-
-
-class MilestoneEvent(_CloudEvent):
-    type: Literal["org.cotn.milestone.v1"]
-    data: MilestoneData
-
-    @property
-    def proposal(self) -> str:
-        return self.data.proposal
-
-
-class KpiEvent(_CloudEvent):
-    type: Literal["org.cotn.kpi.v1"]
-    data: KpiData
-
-
-Event = Annotated[MilestoneEvent | KpiEvent, Field(discriminator="type")]
-EVENT_ADAPTER: TypeAdapter[MilestoneEvent | KpiEvent] = TypeAdapter(Event)
-
-
-def parse_event(obj: Any) -> MilestoneEvent | KpiEvent:
-    """Validate one decoded JSON object as an event (raises pydantic.ValidationError)."""
-    return EVENT_ADAPTER.validate_python(obj)
-
-
-def kind_of(event: MilestoneEvent | KpiEvent) -> str:
-    return KIND_OF_TYPE[event.type]
-
-
-def period_end(period: str) -> date:
-    """The last day a KPI period covers: ``2025`` -> 2025-12-31, ``2025-Q3`` -> 2025-09-30."""
-    if not re.fullmatch(PERIOD_PATTERN, period):
-        raise ValueError(f"{period!r} is not a year, quarter or month")
-    year = int(period[:4])
-    if len(period) == 4:
-        return date(year, 12, 31)
-    if period[5] == "Q":
-        month = int(period[6]) * 3
-    else:
-        month = int(period[5:7])
-    if month == 12:
-        return date(year, 12, 31)
-    return date.fromordinal(date(year, month + 1, 1).toordinal() - 1)

@@ -35,7 +35,7 @@ from functools import cached_property, lru_cache
 from typing import Literal, NamedTuple
 
 from shared.catalogue import Catalogue, Kpi, Proposal
-from shared.events import period_end
+from shared.periods import period_end
 
 Rag = Literal["green", "amber", "red"]
 RAG_VALUE: dict[str, int] = {"green": 0, "amber": 1, "red": 2}

@@ -21,13 +21,14 @@ from services.demo.history import (
     story_authorities,
 )
 from shared.catalogue import Catalogue
-from shared.events import MilestoneEvent, parse_event
 from shared.health import (
     KpiObservation,
     MilestoneState,
     ProgrammeState,
     programme_health,
 )
+from shared.kinds import KINDS
+from shared.kinds.milestone import MilestoneEvent
 from shared.tokens import TokenStore
 from shared.validation import check_event
 
@@ -35,7 +36,7 @@ NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
 
 def problems(catalogue: Catalogue, post: Post, now: datetime = NOW) -> list[str]:
-    event = parse_event(post.event)
+    event = KINDS.parse(post.event)
     found = check_event(
         event, catalogue=catalogue, column=post.column, authority=post.authority, now=now
     )
@@ -47,7 +48,7 @@ def state_of(posts: list[Post]) -> ProgrammeState:
     milestones: dict[tuple[str, str], MilestoneState] = {}
     kpis: dict[str, list[KpiObservation]] = {}
     for post in posts:
-        e = parse_event(post.event)
+        e = KINDS.parse(post.event)
         if isinstance(e, MilestoneEvent):
             key = (e.data.proposal, e.data.milestone)
             if key not in milestones or milestones[key].event_time <= e.time:

@@ -1,10 +1,10 @@
 """The programme board: response models and the pure mapping from a health snapshot to them.
 
 :func:`shared.health.programme_health` rates the programme; this module only reshapes its
-answer (plus the catalogue's titles, partners and texts) into what the read API returns,
-what ``/metrics`` exports and what ``cotn status`` prints, so the three cannot disagree.
-Nothing here reads a database or a clock. Notes reported in events are carried as plain
-strings and never interpreted.
+answer (plus the catalogue's titles, partners and texts) into what the read API returns
+and what ``cotn status`` prints. :class:`ReasonOut` is also the reasons' wire model in
+status events. Nothing here reads a database or a clock. Notes reported in events are
+carried as plain strings and never interpreted.
 """
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from shared.catalogue import Catalogue, Kpi, Proposal
-from shared.events import MILESTONE_STATUSES, MilestoneStatus
 from shared.health import (
     RAG_VALUE,
     KpiHealth,
@@ -25,6 +24,7 @@ from shared.health import (
     Rag,
     Reason,
 )
+from shared.kinds.milestone import MILESTONE_STATUSES, MilestoneStatus
 
 
 class _Out(BaseModel):
@@ -39,6 +39,9 @@ class PointOut(_Out):
 class ReasonOut(_Out):
     """One rule that coloured a proposal, and what it was about."""
 
+    # Also the reasons of status events (status.py), whose contract is closed.
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
     rule: str = Field(
         description="milestone_blocked, milestone_overdue_beyond_grace, stalled (red); "
         "milestone_at_risk, milestone_overdue, kpi_off_trajectory, progress_ageing (amber)"
@@ -47,7 +50,7 @@ class ReasonOut(_Out):
     detail: str
     milestone: str | None = Field(description="The milestone the rule is about, if any")
     kpi: str | None = Field(description="The KPI the rule is about, if any")
-    since: datetime | None = Field(description="When the condition started, where known")
+    since: AwareDatetime | None = Field(description="When the condition started, where known")
 
 
 class MilestoneOut(_Out):
@@ -139,16 +142,18 @@ class KpiListOut(_Out):
 
 
 # The views are built as plain dicts shaped exactly like the models' JSON (same keys, same
-# order, floats as floats). The read API serialises the whole board's dict directly and
-# /metrics reads it, so a board of thousands of milestones costs no model per milestone;
-# the model functions below validate the same dicts, so the two cannot drift apart.
+# order, floats as floats). The read API serialises the whole board's dict directly, so a
+# board of thousands of milestones costs no model per milestone; the model functions below
+# validate the same dicts, so the two cannot drift apart. Each record has one mapping.
 
 
 def _float(value: float | None) -> float | None:
     return None if value is None else float(value)
 
 
-def _reason(reason: Reason) -> dict[str, Any]:
+def reason_data(reason: Reason) -> dict[str, Any]:
+    """The plain data of :class:`ReasonOut` for one domain reason: the one mapping of a
+    reason to the wire, for the board and the status events."""
     return {
         "rule": reason.rule,
         "rag": reason.rag,
@@ -173,22 +178,8 @@ def _milestone(m: MilestoneHealth) -> dict[str, Any]:
     }
 
 
-def _proposal(proposal: Proposal, health: ProposalHealth, detail: bool = True) -> dict[str, Any]:
+def _proposal(proposal: Proposal, health: ProposalHealth) -> dict[str, Any]:
     counts = milestone_counts(health)
-    if not detail:
-        # What the metrics read: no reasons, milestones by id and overdue only.
-        return {
-            "id": proposal.id,
-            "kind": proposal.kind,
-            "title": proposal.title,
-            "rag": health.rag,
-            "stalled": health.stalled,
-            "last_progress": health.last_progress,
-            "stall_threshold_seconds": health.stall_threshold.total_seconds(),
-            "milestone_counts": counts,
-            "unfinished_milestones": len(health.milestones) - counts["completed"],
-            "milestones": [{"id": m.id, "overdue": m.overdue} for m in health.milestones],
-        }
     return {
         "id": proposal.id,
         "kind": proposal.kind,
@@ -197,7 +188,7 @@ def _proposal(proposal: Proposal, health: ProposalHealth, detail: bool = True) -
         "priority": proposal.priority,
         "partners": proposal.partners,
         "rag": health.rag,
-        "reasons": [_reason(r) for r in health.reasons],
+        "reasons": [reason_data(r) for r in health.reasons],
         "stalled": health.stalled,
         "last_progress": health.last_progress,
         "has_progress": health.has_progress,
@@ -231,14 +222,6 @@ def _kpi(kpi: Kpi, health: KpiHealth) -> dict[str, Any]:
     }
 
 
-def reason_view(reason: Reason) -> ReasonOut:
-    return ReasonOut.model_validate(_reason(reason))
-
-
-def milestone_view(m: MilestoneHealth) -> MilestoneOut:
-    return MilestoneOut.model_validate(_milestone(m))
-
-
 def milestone_counts(health: ProposalHealth) -> dict[str, int]:
     """Milestones per status with every status present, so a zero is a zero, not a gap."""
     counts = dict.fromkeys(MILESTONE_STATUSES, 0)
@@ -247,38 +230,18 @@ def milestone_counts(health: ProposalHealth) -> dict[str, int]:
     return counts
 
 
-def proposal_view(proposal: Proposal, health: ProposalHealth) -> ProposalOut:
-    """One proposal's board entry from its catalogue entry and its health."""
-    return ProposalOut.model_validate(_proposal(proposal, health))
-
-
-def kpi_view(kpi: Kpi, health: KpiHealth) -> KpiOut:
-    return KpiOut.model_validate(_kpi(kpi, health))
-
-
 def _kpis(catalogue: Catalogue, health: ProgrammeHealth) -> list[dict[str, Any]]:
     return [_kpi(k, health.kpis[k.id]) for k in catalogue.kpis]
 
 
-def kpi_views(catalogue: Catalogue, health: ProgrammeHealth) -> list[KpiOut]:
-    """Every KPI in catalogue order."""
-    return [KpiOut.model_validate(k) for k in _kpis(catalogue, health)]
-
-
-def programme_document(
-    catalogue: Catalogue, health: ProgrammeHealth, *, detail: bool = True
-) -> dict[str, Any]:
-    """The whole board as the plain data of :class:`ProgrammeOut` (what the API serialises).
-
-    ``detail=False`` leaves out what no metric reads (reasons, milestone titles, notes), for
-    ``/metrics``: the same function, so the board and the metrics cannot disagree.
-    """
+def programme_document(catalogue: Catalogue, health: ProgrammeHealth) -> dict[str, Any]:
+    """The whole board as the plain data of :class:`ProgrammeOut` (what the API serialises)."""
     columns = [
         {
             "id": c.id,
             "title": c.title,
             "proposals": [
-                _proposal(p, health.proposals[p.id], detail) for p in catalogue.proposals_of(c.id)
+                _proposal(p, health.proposals[p.id]) for p in catalogue.proposals_of(c.id)
             ],
         }
         for c in catalogue.columns
@@ -316,6 +279,7 @@ def proposal_detail(
 
 
 def kpi_list(catalogue: Catalogue, health: ProgrammeHealth) -> KpiListOut:
+    """Every KPI in catalogue order, at the snapshot's time."""
     return KpiListOut.model_validate({"generated_at": health.at, "kpis": _kpis(catalogue, health)})
 
 

@@ -49,7 +49,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from services.aggregator.opmetrics import OperationalMetrics
 from services.aggregator.settings import AggregatorSettings
-from services.aggregator.store import BatchOutcome, NewEvent, store_batch
+from services.aggregator.store import NO_REFS, BatchOutcome, NewEvent, store_batch
 from shared.bus import (
     AGGREGATOR_DURABLE,
     DLQ_STREAM,
@@ -57,10 +57,12 @@ from shared.bus import (
     EVENTS_SUBJECTS,
     MSG_ID_HEADER,
     dlq_subject,
+    parse_event_subject,
 )
 from shared.catalogue import Catalogue
-from shared.events import KIND_OF_TYPE, KpiEvent, MilestoneEvent, parse_event
-from shared.validation import problems_from_validation
+from shared.events import CloudEvent
+from shared.kinds import KINDS, UnknownKind
+from shared.problems import problems_from_validation
 
 log = logging.getLogger("cotn.aggregator.consumer")
 
@@ -190,71 +192,62 @@ def event_digest(event: Any) -> str:
 
 
 def decode(msg: Msg, catalogue: Catalogue) -> NewEvent:
-    """The rows one message stores; :class:`Unstorable` if it can never be stored."""
+    """The rows one message stores; :class:`Unstorable` if it can never be stored.
+
+    The event's kind checks it against the catalogue as the column service did, with the
+    subject's column: what a column service would have refused is never stored.
+    """
     obj, event = _parse(msg.data)
-    column, proposal = _place(msg.subject, KIND_OF_TYPE[event.type], catalogue)
+    kind = KINDS.of(event)
+    try:
+        subject = parse_event_subject(msg.subject)
+    except ValueError as exc:
+        raise Unstorable("bad_subject", str(exc)) from None
+    if subject.kind != kind.name:
+        raise Unstorable(
+            "bad_subject", f"{msg.subject} files a {kind.type} event as {subject.kind}"
+        )
+    if subject.proposal not in catalogue.proposal_by_id:
+        raise Unstorable("unknown_proposal", f"no proposal {subject.proposal!r} in the catalogue")
+    problems = kind.check(event, catalogue=catalogue, column=subject.column, authority=None)
+    if problems:
+        raise Unstorable(problems[0].code, "; ".join(f"{p.field} {p.reason}" for p in problems))
+    if not kind.files_under(event, subject.proposal, catalogue):
+        raise Unstorable("bad_subject", f"{msg.subject} files the event under another proposal")
     stream_seq, received_at = stream_position(msg)
-    row = {
-        "source": event.source,
-        "event_id": event.id,
-        "stream_seq": stream_seq,
-        "type": event.type,
-        "column": column,
-        "proposal": proposal,
-        "milestone": None,
-        "kpi": None,
-        "event_time": event.time,
-        "received_at": received_at,
-        "data": obj["data"],
-        "digest": event_digest(event),
-    }
-    if isinstance(event, MilestoneEvent):
-        _check_milestone(event, proposal, catalogue)
-        row["milestone"] = event.data.milestone
-    else:
-        _check_kpi(event, catalogue)
-        row["kpi"] = event.data.kpi
-    return NewEvent(row=row)
+    return NewEvent(
+        row={
+            "source": event.source,
+            "event_id": event.id,
+            "stream_seq": stream_seq,
+            "type": event.type,
+            "column": subject.column,
+            "proposal": subject.proposal,
+            **NO_REFS,
+            **kind.row(event),
+            "event_time": event.time,
+            "received_at": received_at,
+            "data": obj["data"],
+            "digest": event_digest(event),
+        }
+    )
 
 
-def _parse(payload: bytes) -> tuple[dict[str, Any], MilestoneEvent | KpiEvent]:
+def _parse(payload: bytes) -> tuple[dict[str, Any], CloudEvent]:
     try:
         obj = json.loads(payload)
     except (ValueError, RecursionError) as exc:
         raise Unstorable("invalid_json", str(exc)) from None
     try:
-        return obj, parse_event(obj)
+        return obj, KINDS.parse(obj)
+    except UnknownKind as exc:
+        raise Unstorable(exc.problem.code, str(exc)) from None
     except ValidationError as exc:
         detail = "; ".join(f"{p.field} {p.reason}" for p in problems_from_validation(exc))
         raise Unstorable("invalid_event", detail) from None
     except (ValueError, TypeError, ArithmeticError, RecursionError) as exc:
         # Not every refusal comes as a ValidationError (a number too big for a float).
         raise Unstorable("invalid_event", repr(exc)) from None
-
-
-def _check_milestone(event: MilestoneEvent, proposal: str, catalogue: Catalogue) -> None:
-    data = event.data
-    if data.proposal != proposal:
-        raise Unstorable(
-            "bad_subject", f"the subject files proposal {data.proposal} under {proposal}"
-        )
-    if catalogue.proposal_by_id[proposal].milestone(data.milestone) is None:
-        raise Unstorable("unknown_milestone", f"no milestone {data.milestone!r} in {proposal}")
-
-
-def _check_kpi(event: KpiEvent, catalogue: Catalogue) -> None:
-    if event.data.kpi not in catalogue.kpi_by_id:
-        raise Unstorable("unknown_kpi", f"no KPI {event.data.kpi!r} in the catalogue")
-
-
-def _place(subject: str, kind: str, catalogue: Catalogue) -> tuple[str, str]:
-    """The (column, proposal) of an events subject, checked against the event and catalogue."""
-    tokens = subject.split(".")
-    if len(tokens) != 5 or tokens[:2] != ["cotn", "events"] or tokens[4] != kind:
-        raise Unstorable("bad_subject", f"{subject} is not cotn.events.<column>.<proposal>.{kind}")
-    if tokens[3] not in catalogue.proposal_by_id:
-        raise Unstorable("unknown_proposal", f"no proposal {tokens[3]!r} in the catalogue")
-    return tokens[2], tokens[3]
 
 
 def dead_letter_row(msg: Msg, problem: Unstorable, recorded_at: datetime) -> dict[str, Any]:

@@ -1,13 +1,13 @@
 """``/metrics``: the operational registry plus programme gauges read from stored state.
 
 Programme metrics come from stored state, not process memory: each scrape loads it, rates
-it (the same :func:`~services.aggregator.board.programme_view` as ``/v1/programme``) and
-renders it, so a restart or a second replica exports the same values (CONTRACT §6). While
-the database cannot answer, a scrape still succeeds, in the way of Prometheus exporters
-whose backend is down: ``cotn_aggregator_database_up`` turns 0 and the programme gauges
-repeat the last read, so the stall alert (a timestamp against ``time()``) keeps its course
-instead of resolving until the database is back. A process that has never read the store
-exports no programme gauges.
+it (the same :func:`~services.aggregator.api.read_health` as ``/v1/programme``) and
+renders the typed health records, never the read API's response data, so a restart or a
+second replica exports the same values (CONTRACT §6). While the database cannot answer, a
+scrape still succeeds, in the way of Prometheus exporters whose backend is down:
+``cotn_aggregator_database_up`` turns 0 and the programme gauges repeat the last read, so
+the stall alert (a timestamp against ``time()``) keeps its course instead of resolving
+until the database is back. A process that has never read the store exports no programme gauges.
 
 The programme gauges are rendered by :func:`render_gauges`, which writes the text that
 prometheus_client's ``generate_latest`` writes for the same families (label names sorted,
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
@@ -33,10 +32,11 @@ from services.aggregator.api import (
     log_unreadable,
     read_health,
 )
-from services.aggregator.board import ProgrammeOut, programme_document, rag_value
+from services.aggregator.board import milestone_counts, rag_value
 from services.aggregator.opmetrics import OperationalMetrics
-from services.aggregator.store import collector_paused
+from services.aggregator.queries import collector_paused
 from shared.catalogue import Catalogue
+from shared.health import ProgrammeHealth
 
 PROPOSAL_LABELS = ["column", "proposal"]
 
@@ -60,91 +60,90 @@ class Gauge:
         return family
 
 
-def _gauge(name: str, documentation: str, labels: list[str]) -> Gauge:
-    return Gauge(name, documentation, labels)
+def programme_families(catalogue: Catalogue, health: ProgrammeHealth) -> list[GaugeMetricFamily]:
+    """Every programme gauge of one snapshot, as prometheus_client families."""
+    return [gauge.family() for gauge in programme_gauges(catalogue, health)]
 
 
-def programme_families(board: ProgrammeOut) -> list[GaugeMetricFamily]:
-    """Every programme gauge for one board snapshot, as prometheus_client families."""
-    return [gauge.family() for gauge in programme_gauges(board.model_dump())]
-
-
-def programme_gauges(board: dict[str, Any]) -> list[Gauge]:
-    """Every programme gauge for one board snapshot, given as the board's plain data
-    (:func:`~services.aggregator.board.programme_document`); a pure function."""
-    rag = _gauge("cotn_proposal_rag", "Proposal RAG: 0 green, 1 amber, 2 red", PROPOSAL_LABELS)
-    stalled = _gauge(
+def programme_gauges(catalogue: Catalogue, health: ProgrammeHealth) -> list[Gauge]:
+    """Every programme gauge of one snapshot, from the catalogue and the typed health
+    records; a pure function."""
+    rag = Gauge("cotn_proposal_rag", "Proposal RAG: 0 green, 1 amber, 2 red", PROPOSAL_LABELS)
+    stalled = Gauge(
         "cotn_proposal_stalled",
         "1 when the proposal has unfinished milestones and no milestone event within its "
         "stall threshold",
         PROPOSAL_LABELS,
     )
-    last_progress = _gauge(
+    last_progress = Gauge(
         "cotn_proposal_last_progress_timestamp_seconds",
         "Event time of the proposal's newest milestone event, or the programme start before "
         "any; stalled when time() - this > cotn_proposal_stall_threshold_seconds",
         PROPOSAL_LABELS,
     )
-    threshold = _gauge(
+    threshold = Gauge(
         "cotn_proposal_stall_threshold_seconds",
         "Seconds without a milestone event after which the proposal is stalled (catalogue)",
         PROPOSAL_LABELS,
     )
-    unfinished = _gauge(
+    unfinished = Gauge(
         "cotn_proposal_unfinished_milestones",
         "Milestones of the proposal not yet completed",
         PROPOSAL_LABELS,
     )
-    milestones = _gauge(
+    milestones = Gauge(
         "cotn_milestones", "Milestones of the proposal in each status", [*PROPOSAL_LABELS, "status"]
     )
-    overdue = _gauge(
+    overdue = Gauge(
         "cotn_milestone_overdue",
         "1 when the milestone's due date has passed and it is not completed",
         [*PROPOSAL_LABELS, "milestone"],
     )
-    info = _gauge(
+    info = Gauge(
         "cotn_proposal_info",
         "Always 1: the proposal's title and kind, to join onto other proposal metrics",
         [*PROPOSAL_LABELS, "title", "kind"],
     )
-    for column in board["columns"]:
-        for p in column["proposals"]:
-            labels = (column["id"], p["id"])
-            rag.add_metric(labels, rag_value(p["rag"]))
-            stalled.add_metric(labels, int(p["stalled"]))
-            last_progress.add_metric(labels, p["last_progress"].timestamp())
-            threshold.add_metric(labels, p["stall_threshold_seconds"])
-            unfinished.add_metric(labels, p["unfinished_milestones"])
-            for status, count in p["milestone_counts"].items():
+    for column in catalogue.columns:
+        for proposal in catalogue.proposals_of(column.id):
+            p = health.proposals[proposal.id]
+            labels = (column.id, proposal.id)
+            counts = milestone_counts(p)
+            rag.add_metric(labels, rag_value(p.rag))
+            stalled.add_metric(labels, int(p.stalled))
+            last_progress.add_metric(labels, p.last_progress.timestamp())
+            threshold.add_metric(labels, p.stall_threshold.total_seconds())
+            unfinished.add_metric(labels, len(p.milestones) - counts["completed"])
+            for status, count in counts.items():
                 milestones.add_metric((*labels, status), count)
-            for m in p["milestones"]:
-                overdue.add_metric((*labels, m["id"]), int(m["overdue"]))
-            info.add_metric((*labels, p["title"], p["kind"]), 1)
+            for m in p.milestones:
+                overdue.add_metric((*labels, m.id), int(m.overdue))
+            info.add_metric((*labels, proposal.title, proposal.kind), 1)
 
-    value = _gauge("cotn_kpi_value", "The KPI's latest reported actual", ["kpi"])
-    expected = _gauge("cotn_kpi_expected", "The KPI's trajectory value now", ["kpi"])
-    target = _gauge("cotn_kpi_target", "The KPI's target value", ["kpi"])
-    off = _gauge(
+    value = Gauge("cotn_kpi_value", "The KPI's latest reported actual", ["kpi"])
+    expected = Gauge("cotn_kpi_expected", "The KPI's trajectory value now", ["kpi"])
+    target = Gauge("cotn_kpi_target", "The KPI's target value", ["kpi"])
+    off = Gauge(
         "cotn_kpi_off_trajectory",
         "1 when the latest actual is worse than its trajectory beyond the KPI's tolerance",
         ["kpi"],
     )
-    evidence = _gauge(
+    evidence = Gauge(
         "cotn_kpi_evidence",
         "Always 1: a proposal the KPI evidences (catalogue), to take KPI alerts to its column",
         ["kpi", *PROPOSAL_LABELS],
     )
-    column_of = {p["id"]: column["id"] for column in board["columns"] for p in column["proposals"]}
-    for k in board["kpis"]:
-        for proposal in k["evidences"]:
-            evidence.add_metric((k["id"], column_of[proposal], proposal), 1)
-        expected.add_metric((k["id"],), k["expected"])
-        target.add_metric((k["id"],), k["target"]["value"])
+    column_of = catalogue.column_of
+    for kpi in catalogue.kpis:
+        k = health.kpis[kpi.id]
+        for proposal_id in kpi.evidences:
+            evidence.add_metric((kpi.id, column_of[proposal_id], proposal_id), 1)
+        expected.add_metric((kpi.id,), k.expected_now)
+        target.add_metric((kpi.id,), k.target)
         # No actual yet: no sample, rather than a zero that would read as a real value.
-        if k["actual"] is not None:
-            value.add_metric((k["id"],), k["actual"])
-            off.add_metric((k["id"],), int(k["on_track"] is False))
+        if k.actual is not None:
+            value.add_metric((kpi.id,), k.actual)
+            off.add_metric((kpi.id,), int(k.on_track is False))
     return [
         rag,
         stalled,
@@ -234,10 +233,8 @@ def build_metrics_router(
         try:
             with collector_paused():
                 health = await read_health(catalogue=catalogue, sessions=sessions, clock=clock)
-                board = programme_document(catalogue, health, detail=False)
+                last_read = render_gauges(programme_gauges(catalogue, health))
                 del health  # freed inside the paused block: nothing left for the collector
-                last_read = render_gauges(programme_gauges(board))
-                del board
             operational.database_up.set(1)
         except STORE_UNAVAILABLE as exc:
             log_unreadable("/metrics", exc)

@@ -6,48 +6,21 @@ projections (``milestone_state``, ``kpi_observation``) hold, per key, the newest
 ``proposal_status`` is the last health the aggregator published per proposal.
 ``event_conflict`` and ``dead_letter`` keep what could not be stored as an event.
 
-Timestamps are timezone-aware: stored in UTC and read back with ``tzinfo=UTC`` on every
-backend (SQLite keeps no zone, so :class:`UtcDateTime` restores it).
+The projections' tables are defined by their kinds (:mod:`shared.kinds`); column types,
+timezone-aware timestamps among them, by :mod:`shared.tables`.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
-
-class UtcDateTime(sa.types.TypeDecorator[datetime]):
-    """A timezone-aware timestamp, stored in UTC; a naive value is refused, not guessed."""
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError(f"naive datetime {value!r}: timestamps must be timezone-aware")
-        value = value.astimezone(UTC)
-        # SQLite stores text; without the offset every value compares in one format.
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-JsonDocument = sa.JSON().with_variant(JSONB(), "postgresql")
-Id = 64
-"""Longest catalogue or authority id (catalogue ids are at most 63 characters)."""
-
-
-def _utc(**kwargs: Any) -> Any:
-    return Field(sa_type=UtcDateTime, **kwargs)
+import shared.kinds  # noqa: F401  (the kinds' projection tables join SQLModel.metadata)
+from shared.tables import Id, JsonDocument
+from shared.tables import utc as _utc
 
 
 class EventBase(SQLModel):
@@ -83,35 +56,6 @@ class EventPublic(EventBase):
     """One event of the audit trail as the read API returns it."""
 
     id: str = Field(description="The event's id, unique per source")
-
-
-class MilestoneStateRow(SQLModel, table=True):
-    """The newest status of each milestone, by (event time, stream sequence)."""
-
-    __tablename__ = "milestone_state"
-
-    proposal: str = Field(primary_key=True, max_length=Id)
-    milestone: str = Field(primary_key=True, max_length=Id)
-    status: str = Field(max_length=32)
-    event_time: datetime = _utc()
-    stream_seq: int = Field(sa_type=sa.BigInteger)
-    source: str = Field(max_length=Id)
-    event_id: str = Field(max_length=256)
-    note: str | None = Field(default=None, sa_type=sa.Text)
-
-
-class KpiObservationRow(SQLModel, table=True):
-    """The newest report of each KPI for each period, by (event time, stream sequence)."""
-
-    __tablename__ = "kpi_observation"
-
-    kpi: str = Field(primary_key=True, max_length=Id)
-    period: str = Field(primary_key=True, max_length=16)
-    value: float
-    event_time: datetime = _utc()
-    stream_seq: int = Field(sa_type=sa.BigInteger)
-    source: str = Field(max_length=Id)
-    event_id: str = Field(max_length=256)
 
 
 class ProposalStatus(SQLModel, table=True):

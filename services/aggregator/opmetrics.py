@@ -8,17 +8,21 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from shared.events import EVENT_TYPES
+from shared.kinds import KINDS
 
-DEAD_LETTER_REASONS = (
-    "invalid_json",
-    "invalid_event",
-    "bad_subject",
-    "unknown_proposal",
-    "unknown_milestone",
-    "unknown_kpi",
-    "unstorable",
-)
+CONSUMER_REASONS = ("invalid_json", "invalid_event", "unknown_type", "bad_subject",
+                    "unknown_proposal", "unstorable")  # fmt: skip
+"""Dead-letter reasons of the consumer itself; each kind adds those of its checks."""
+
+
+def dead_letter_reasons() -> list[str]:
+    """Every reason a message may be dead-lettered for, with the registered kinds'."""
+    reasons = dict.fromkeys(CONSUMER_REASONS)
+    for kind in KINDS:
+        reasons.update(dict.fromkeys(kind.codes))
+    return list(reasons)
+
+
 BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -68,7 +72,7 @@ class OperationalMetrics:
             registry=registry,
         )
         # Every series exists from the start, so rates and alerts see a 0, not no data.
-        for event_type in EVENT_TYPES:
+        for event_type in KINDS.types:
             self.persisted.labels(event_type)
-        for reason in DEAD_LETTER_REASONS:
+        for reason in dead_letter_reasons():
             self.dead_letters.labels(reason)

@@ -1,10 +1,12 @@
 """Rebuild the projections from the event log (``cotn replay``).
 
-``milestone_state`` and ``kpi_observation`` are a fold of ``event``: per key, the newest
-event by (event time, stream sequence), as the consumer keeps them. Replay recomputes them
+Each kind's projection (``milestone_state``, ``kpi_observation``, ...: see shared.kinds) is
+a fold of ``event``: per key, the newest event by (event time, stream sequence), as the
+consumer keeps them. Replay recomputes them
 set-wise, in one transaction, with a window function over the log, so it ends in the state
 live consumption reached. Only ids the given catalogue knows are folded, as the consumer
-would with that catalogue: its milestones go into a temporary table the log is joined with
+would with that catalogue: each kind's known entries go into a temporary table the log is
+joined with
 (a list of 10,000 ids in the statement itself would not even parse on PostgreSQL).
 
 It is safe while an aggregator runs: on PostgreSQL the projections are locked against
@@ -15,106 +17,82 @@ transaction holds the database's write lock.
 
 from __future__ import annotations
 
-from typing import Any
-
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.aggregator.db import WRITER_OPTIONS, make_engine
-from services.aggregator.models import Id
-from services.aggregator.store import (
-    EVENT,
-    KPI_OBSERVATION,
-    MILESTONE_STATE,
-    newest_of_each_key,
-    projections,
-)
+from services.aggregator.storage.log import EVENT, newest_of_each_key
 from shared.catalogue import Catalogue
-from shared.events import KPI_TYPE, MILESTONE_TYPE
-
-KNOWN_MILESTONE = sa.Table(
-    "replay_known_milestone",
-    sa.MetaData(),
-    sa.Column("proposal", sa.String(Id), primary_key=True),
-    sa.Column("milestone", sa.String(Id), primary_key=True),
-    prefixes=["TEMPORARY"],
-)
-"""The catalogue's (proposal, milestone) pairs, for the length of one replay."""
+from shared.kinds import KINDS, EventKind
+from shared.tables import Id
 
 
 async def replay(*, database_url: str, catalogue: Catalogue) -> int:
-    """Rebuild milestone_state and kpi_observation from ``event``; the number of events folded."""
+    """Rebuild every kind's projection from ``event``; the number of events folded."""
     engine = make_engine(database_url)
+    folded = 0
     try:
         async with engine.execution_options(**WRITER_OPTIONS).begin() as connection:
-            if connection.dialect.name == "postgresql":
-                await connection.execute(
-                    sa.text("LOCK TABLE milestone_state, kpi_observation IN EXCLUSIVE MODE")
-                )
-            milestones = await _rebuild_milestones(connection, catalogue)
-            kpis = await _rebuild_kpis(connection, catalogue)
+            tables = [kind.table for kind in KINDS if kind.table is not None]
+            if connection.dialect.name == "postgresql" and tables:
+                names = ", ".join(t.name for t in tables)
+                await connection.execute(sa.text(f"LOCK TABLE {names} IN EXCLUSIVE MODE"))
+            for kind in KINDS:
+                if kind.table is not None:
+                    folded += await _rebuild(connection, kind, catalogue)
     finally:
         await engine.dispose()
-    return milestones + kpis
+    return folded
 
 
-async def _refill(
-    connection: AsyncConnection, table: sa.Table, folded: sa.Select[Any], newest: sa.Select[Any]
-) -> int:
-    """Replace ``table`` with the rows of ``newest``; count ``folded``."""
-    await connection.execute(sa.delete(table))
-    await connection.execute(sa.insert(table).from_select([c.name for c in table.columns], newest))
-    return int((await connection.execute(folded)).scalar_one())
-
-
-async def _fill_known_milestones(connection: AsyncConnection, catalogue: Catalogue) -> None:
-    """Fill the temporary table of the catalogue's milestones."""
-    await connection.run_sync(KNOWN_MILESTONE.create)
-    pairs = [
-        {"proposal": p.id, "milestone": m.id} for p in catalogue.proposals for m in p.milestones
-    ]
-    if pairs:
-        await connection.execute(sa.insert(KNOWN_MILESTONE), pairs)
+async def _known_entries(
+    connection: AsyncConnection, kind: EventKind, catalogue: Catalogue
+) -> sa.Table:
+    """A temporary table of the catalogue entries of ``kind`` (its :meth:`known`), filled."""
+    columns, entries = kind.known(catalogue)
+    table = sa.Table(
+        f"replay_known_{kind.name}",
+        sa.MetaData(),
+        *(sa.Column(name, sa.String(Id), primary_key=True) for name in columns),
+        prefixes=["TEMPORARY"],
+    )
+    await connection.run_sync(table.create)
+    if entries:
+        await connection.execute(
+            sa.insert(table), [dict(zip(columns, e, strict=True)) for e in entries]
+        )
     if connection.dialect.name == "postgresql":
         # A temporary table has no statistics until analysed: the planner would guess.
-        await connection.execute(sa.text(f"ANALYZE {KNOWN_MILESTONE.name}"))
+        await connection.execute(sa.text(f"ANALYZE {table.name}"))
+    return table
 
 
-def _known(rows: sa.Table | sa.Subquery) -> sa.Join:
-    """``rows`` (with proposal and milestone columns) joined with the known milestones."""
-    return rows.join(
-        KNOWN_MILESTONE,
-        sa.and_(
-            KNOWN_MILESTONE.c.proposal == rows.c.proposal,
-            KNOWN_MILESTONE.c.milestone == rows.c.milestone,
-        ),
-    )
+def _joined(rows: sa.Table | sa.Subquery, known: sa.Table) -> sa.Join:
+    """``rows`` joined with the known entries, on the entries' columns."""
+    return rows.join(known, sa.and_(*(known.c[c.name] == rows.c[c.name] for c in known.columns)))
 
 
-async def _rebuild_milestones(connection: AsyncConnection, catalogue: Catalogue) -> int:
-    await _fill_known_milestones(connection, catalogue)
-    milestones, _ = projections(EVENT)
-    newest = newest_of_each_key(milestones, _known(EVENT))
-    # Counted per milestone first, then joined: joined event by event, PostgreSQL chose a
+async def _rebuild(connection: AsyncConnection, kind: EventKind, catalogue: Catalogue) -> int:
+    """Replace ``kind``'s projection with the fold of its known events; count them."""
+    projection = kind.projection(EVENT)
+    assert projection is not None and kind.table is not None
+    known = await _known_entries(connection, kind, catalogue)
+    table = kind.table
+    await connection.execute(sa.delete(table))
+    newest = newest_of_each_key(projection, _joined(EVENT, known))
+    await connection.execute(sa.insert(table).from_select([c.name for c in table.columns], newest))
+    # Counted per entry first, then joined: joined event by event, PostgreSQL chose a
     # nested loop over the proposal index that took twice as long as the rebuild itself.
-    per_milestone = (
-        sa.select(EVENT.c.proposal, EVENT.c.milestone, sa.func.count().label("events"))
-        .where(EVENT.c.type == MILESTONE_TYPE)
-        .group_by(EVENT.c.proposal, EVENT.c.milestone)
+    entry = [EVENT.c[c.name] for c in known.columns]
+    per_entry = (
+        sa.select(*entry, sa.func.count().label("events"))
+        .where(EVENT.c.type == kind.type)
+        .group_by(*entry)
         .subquery()
     )
-    folded = sa.select(sa.func.coalesce(sa.func.sum(per_milestone.c.events), 0)).select_from(
-        _known(per_milestone)
+    counted = sa.select(sa.func.coalesce(sa.func.sum(per_entry.c.events), 0)).select_from(
+        _joined(per_entry, known)
     )
-    count = await _refill(connection, MILESTONE_STATE, folded, newest)
-    await connection.run_sync(KNOWN_MILESTONE.drop)
+    count = int((await connection.execute(counted)).scalar_one())
+    await connection.run_sync(known.drop)
     return count
-
-
-async def _rebuild_kpis(connection: AsyncConnection, catalogue: Catalogue) -> int:
-    _, kpis = projections(EVENT)
-    known = EVENT.c.kpi.in_([k.id for k in catalogue.kpis])
-    folded = sa.select(sa.func.count()).select_from(EVENT).where(EVENT.c.type == KPI_TYPE, known)
-    return await _refill(
-        connection, KPI_OBSERVATION, folded, newest_of_each_key(kpis, EVENT, known)
-    )

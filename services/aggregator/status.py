@@ -26,7 +26,9 @@ from faststream.nats.publisher.usecase import LogicPublisher
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from services.aggregator.store import load_state, proposal_statuses, record_status_change
+from services.aggregator.board import ReasonOut, reason_data
+from services.aggregator.queries import load_state, proposal_statuses
+from services.aggregator.store import record_status_change
 from shared.bus import CONTENT_TYPE, MSG_ID_HEADER, STATUS_STREAM, msg_id, status_subject
 from shared.catalogue import Catalogue
 from shared.health import ProposalHealth, Rag, kpis_health, proposal_health
@@ -44,17 +46,6 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class StatusReason(_Frozen):
-    """One rule that coloured the proposal (see shared.health)."""
-
-    rule: str
-    rag: Rag
-    detail: str
-    milestone: str | None = None
-    kpi: str | None = None
-    since: AwareDatetime | None = None
-
-
 class StatusData(_Frozen):
     column: str
     proposal: str
@@ -64,7 +55,7 @@ class StatusData(_Frozen):
     previous_stalled: bool | None
     version: int = Field(description="Counts the proposal's changes, from 1")
     last_progress: AwareDatetime = Field(description="Newest milestone event, or programme start")
-    reasons: list[StatusReason]
+    reasons: list[ReasonOut]
 
 
 class StatusEvent(_Frozen):
@@ -103,8 +94,9 @@ async def publish_status(publisher: LogicPublisher, event: StatusEvent) -> None:
     )
 
 
-def reasons_of(health: ProposalHealth) -> list[StatusReason]:
-    return [StatusReason(**r._asdict()) for r in health.reasons]
+def reasons_of(health: ProposalHealth) -> list[ReasonOut]:
+    """The reasons of ``health`` in the wire model the board shows them in."""
+    return [ReasonOut.model_validate(reason_data(r)) for r in health.reasons]
 
 
 def status_event(

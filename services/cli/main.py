@@ -13,6 +13,7 @@ from services.cli import (
     asyncapi,
     catalogue,
     dashboards,
+    deploy,
     nats,
     post,
     replay,
@@ -34,6 +35,7 @@ COMMAND_MODULES = (
     asyncapi,
     apidocs,
     dashboards,
+    deploy,
 )
 
 app = typer.Typer(

@@ -50,6 +50,7 @@ from services.cli.supervisor import Part, RestartLimitExceeded, Supervisor, port
 from services.demo.feed import Feed, demo_tokens
 from services.demo.history import story_authorities
 from shared.catalogue import DEFAULT_CATALOGUE, Catalogue
+from shared.deployment import column_ports, service_name
 from shared.natsauth import (
     ADMIN_USER,
     AGGREGATOR_USER,
@@ -175,23 +176,24 @@ def plan_stack(
     )
     parts.append(aggregator)
     columns = {}
-    for offset, column in enumerate(catalogue.columns, start=1):
-        columns[column.id] = Part(
-            name=f"ingest-{column.id}",
+    ports = column_ports([c.id for c in catalogue.columns], port)
+    for column_id, column_port in ports.items():
+        columns[column_id] = Part(
+            name=service_name(column_id),
             argv=_serve_argv(
                 "ingest",
                 "--column",
-                column.id,
+                column_id,
                 "--port",
-                str(port + offset),
+                str(column_port),
                 "--data-dir",
                 str(data_dir),
                 *shared_args,
             ),
-            log=log_dir / f"ingest-{column.id}.log",
-            port=port + offset,
+            log=log_dir / f"{service_name(column_id)}.log",
+            port=column_port,
             host=HOST,
-            env=_bus_env("COTN_INGEST_", url_of(ingest_user(column.id))),
+            env=_bus_env("COTN_INGEST_", url_of(ingest_user(column_id))),
         )
     parts += columns.values()
     return Stack(

@@ -25,8 +25,10 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from shared.catalogue import Catalogue, Kpi, Proposal
-from shared.events import KPI_TYPE, MILESTONE_TYPE, period_end
 from shared.health import kpi_expected
+from shared.kinds.kpi import TYPE as KPI_TYPE
+from shared.kinds.milestone import TYPE as MILESTONE_TYPE
+from shared.periods import period_end
 
 DEMO_ID_PREFIX = "demo"
 REPORT_LAG = timedelta(days=21)

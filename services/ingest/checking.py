@@ -10,14 +10,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pydantic import ValidationError
-
 from services.ingest.metrics import UNKNOWN_TYPE
 from services.ingest.publisher import BusMessage
-from shared.bus import msg_id, subject_for
+from shared.bus import event_subject, msg_id
 from shared.catalogue import Catalogue
-from shared.events import EVENT_TYPES, KpiEvent, MilestoneEvent, parse_event
-from shared.validation import Problem, check_event, problems_from_validation, resolve
+from shared.events import CloudEvent
+from shared.kinds import KINDS
+from shared.problems import Problem
+from shared.validation import check_event
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,10 +48,9 @@ def check_events(
     batch = CheckedBatch()
     seen: set[tuple[str, str]] = set()
     for index, raw in enumerate(raws):
-        try:
-            event = parse_event(raw)
-        except ValidationError as exc:
-            batch.problems += [p.at(index, raw_id(raw)) for p in problems_from_validation(exc)]
+        event, problems = KINDS.problems(raw)
+        if event is None:
+            batch.problems += [p.at(index, raw_id(raw)) for p in problems]
             continue
         found = check_event(event, catalogue=catalogue, column=column, authority=authority, now=now)
         if found:
@@ -66,13 +65,11 @@ def check_events(
     return batch
 
 
-def _checked(
-    index: int, event: MilestoneEvent | KpiEvent, catalogue: Catalogue, column: str
-) -> CheckedEvent:
-    proposal = resolve(event, catalogue, column)
-    assert proposal is not None, "check_event found no problem, so the column files it"
+def _checked(index: int, event: CloudEvent, catalogue: Catalogue, column: str) -> CheckedEvent:
+    kind = KINDS.of(event)
+    proposal = kind.proposal(event, catalogue=catalogue, column=column)
     message = BusMessage(
-        subject=subject_for(event, column, proposal),
+        subject=event_subject(column, proposal, kind.name),
         msg_id=msg_id(event.source, event.id),
         payload=event.model_dump_json(exclude_none=True).encode(),
     )
@@ -88,4 +85,4 @@ def raw_id(raw: Any) -> str | None:
 def raw_type(raw: Any) -> str:
     """The event type as a bounded metric label."""
     value = raw.get("type") if isinstance(raw, dict) else None
-    return value if value in EVENT_TYPES else UNKNOWN_TYPE
+    return value if isinstance(value, str) and value in KINDS.by_type else UNKNOWN_TYPE

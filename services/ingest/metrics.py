@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from services.ingest.problems import REASONS
-from shared.events import EVENT_TYPES
+from shared.kinds import KINDS
 
 OUTCOMES = ("accepted", "duplicate", "rejected")
 UNKNOWN_TYPE = "unknown"
@@ -60,7 +60,7 @@ class IngestMetrics:
         # Every series exists from the start, so rates and alerts see a 0, not no data.
         column = self.column
         for authority in authorities:
-            for event_type in EVENT_TYPES:
+            for event_type in KINDS.types:
                 for outcome in OUTCOMES:
                     self.events.labels(column, authority, event_type, outcome)
             self.events.labels(column, authority, UNKNOWN_TYPE, "rejected")

@@ -14,13 +14,14 @@ from fastapi.openapi.utils import get_openapi
 
 from services.ingest.decoding import BATCH_TYPE
 from services.ingest.problems import PROBLEM_JSON, ProblemDetails
-from shared.events import EVENT_ADAPTER
+from shared.kinds import KINDS
 
 REF = "#/components/schemas/{model}"
 
 
 def _components() -> dict[str, Any]:
-    event = EVENT_ADAPTER.json_schema(ref_template=REF)
+    """The event schemas of the kinds registered now, and the problem schema."""
+    event = KINDS.json_schema(ref_template=REF)
     problem = ProblemDetails.model_json_schema(ref_template=REF)
     return {
         **event.pop("$defs"),
@@ -30,7 +31,6 @@ def _components() -> dict[str, Any]:
     }
 
 
-COMPONENTS = _components()
 EVENT_REF = {"$ref": REF.format(model="CloudEvent")}
 
 REQUEST_BODY: dict[str, Any] = {
@@ -75,7 +75,7 @@ def install(app: FastAPI) -> None:
                 description=app.description,
                 routes=app.routes,
             )
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(COMPONENTS)
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(_components())
             app.openapi_schema = schema
         return app.openapi_schema
 

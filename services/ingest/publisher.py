@@ -17,12 +17,13 @@ from typing import Any
 
 import nats.errors
 from faststream.exceptions import IncorrectState
-from faststream.nats import NatsBroker
+from faststream.nats import JStream, NatsBroker
 from faststream.nats.fastapi import NatsRouter
 from nats.aio.client import Client
 
 from services.ingest.settings import IngestSettings
-from shared.bus import CONTENT_TYPE, EVENTS_STREAM, MSG_ID_HEADER, ensure_streams
+from shared.bus import CONTENT_TYPE, EVENTS_STREAM, MSG_ID_HEADER, ensure_streams, event_subject
+from shared.kinds import KINDS
 
 log = logging.getLogger("cotn.ingest.bus")
 
@@ -102,6 +103,20 @@ class IngestNatsRouter(NatsRouter):
     broker: BackgroundNatsBroker
 
 
+def declare_event_channels(router: NatsRouter, column: str) -> None:
+    """Declare each registered kind's subject of ``column`` (so the AsyncAPI document shows
+    them); publishing goes through :meth:`EventBus.publish`, which sets the stream's ack and
+    de-duplication headers itself."""
+    for kind in KINDS:
+        router.publisher(
+            event_subject(column, "{proposal}", kind.name),
+            stream=JStream(EVENTS_STREAM, declare=False),
+            schema=kind.model,
+            title=f"cotn.events.{column}.{kind.name}",
+            description=f"{kind.description} ({kind.type}), accepted by the {column} service",
+        )
+
+
 class EventBus:
     """Publishes accepted events to the events stream, each with its JetStream ack."""
 
@@ -129,6 +144,7 @@ class EventBus:
         )
         self.broker = self.router.broker
         self.broker.on_connected = self.ensure_streams
+        declare_event_channels(self.router, settings.column)
 
     async def ensure_streams(self) -> None:
         """Create or update the streams, retrying until JetStream answers.

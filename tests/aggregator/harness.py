@@ -1,7 +1,7 @@
 """Helpers for the aggregator's pipeline tests: a real nats-server, a real database.
 
 Events reach the stream the way a column service publishes them: a structured CloudEvent
-body that ``shared.events`` accepts, on ``shared.bus.subject_for(...)``, with
+body that ``shared.events`` accepts, on ``shared.bus.event_subject(...)``, with
 ``Nats-Msg-Id = msg_id(source, id)`` and ``stream=COTN_EVENTS`` so each publish is acked.
 """
 
@@ -21,9 +21,10 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from services.aggregator import store
+from services.aggregator import queries
 from services.aggregator.app import Aggregator, create_app
 from services.aggregator.db import make_engine, session_factory
+from services.aggregator.models import EventPublic
 from services.aggregator.settings import AggregatorSettings
 from shared.bus import (
     CONTENT_TYPE,
@@ -31,12 +32,13 @@ from shared.bus import (
     MSG_ID_HEADER,
     StreamSettings,
     ensure_streams,
+    event_subject,
     msg_id,
-    subject_for,
 )
 from shared.catalogue import Catalogue, load_catalogue
-from shared.events import MilestoneEvent, parse_event
 from shared.health import ProgrammeState
+from shared.kinds import KINDS
+from shared.kinds.milestone import MilestoneEvent
 
 T = TypeVar("T")
 CATALOGUE = load_catalogue()
@@ -149,12 +151,12 @@ def _cloudevent(
 
 def subject_of(body: dict[str, Any], catalogue: Catalogue = CATALOGUE) -> str:
     """The subject a column service files the event under."""
-    event = parse_event(body)
+    event = KINDS.parse(body)
     if isinstance(event, MilestoneEvent):
         proposal = event.data.proposal
     else:
         proposal = catalogue.kpi_by_id[event.data.kpi].evidences[0]
-    return subject_for(event, catalogue.column_of[proposal], proposal)
+    return event_subject(catalogue.column_of[proposal], proposal, KINDS.of(event).name)
 
 
 @dataclass
@@ -228,19 +230,19 @@ class Database:
 
     async def counts(self) -> dict[str, int]:
         async with self.sessions() as session:
-            return await store.counts(session=session)
+            return await queries.counts(session=session)
 
     async def state(self) -> ProgrammeState:
         async with self.sessions() as session:
-            return await store.load_state(session=session)
+            return await queries.load_state(session=session)
 
-    async def events(self, **filters: Any) -> list[store.EventPublic]:
+    async def events(self, **filters: Any) -> list[EventPublic]:
         """The whole audit trail, page by page."""
-        out: list[store.EventPublic] = []
+        out: list[EventPublic] = []
         cursor = None
         async with self.sessions() as session:
             while True:
-                page, cursor = await store.list_events(
+                page, cursor = await queries.list_events(
                     session=session, cursor=cursor, limit=500, **filters
                 )
                 out += page

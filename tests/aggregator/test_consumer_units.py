@@ -27,7 +27,7 @@ from services.aggregator.consumer import (
 from services.aggregator.settings import AggregatorSettings, async_database_url
 from shared.bus import EVENTS_SUBJECTS
 from shared.catalogue import Catalogue
-from shared.events import parse_event
+from shared.kinds import KINDS
 from shared.natsserver import NatsServer
 
 from .harness import T0, eventually, js_reply, kpi, milestone, subject_of
@@ -166,10 +166,10 @@ def test_the_digest_ignores_how_the_event_was_written() -> None:
     same = dict(body, time=T0.astimezone(UTC).isoformat())
     shifted = dict(body, time=T0.astimezone(ZoneInfo("Europe/London")).isoformat())
     with_null = dict(body, data={**body["data"], "note": None})
-    digests = {event_digest(parse_event(b)) for b in (body, same, shifted, with_null)}
+    digests = {event_digest(KINDS.parse(b)) for b in (body, same, shifted, with_null)}
     assert len(digests) == 1
     other = dict(body, data={**body["data"], "status": "blocked"})
-    assert event_digest(parse_event(other)) not in digests
+    assert event_digest(KINDS.parse(other)) not in digests
 
 
 def test_a_dead_letter_keeps_the_message_as_it_arrived() -> None:

@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.registry import Collector
 
-from services.aggregator.board import ProgrammeOut, programme_document, programme_view
 from services.aggregator.metrics import (
     Gauge,
     programme_families,
@@ -15,8 +14,14 @@ from services.aggregator.metrics import (
     render_gauges,
 )
 from shared.catalogue import Catalogue
-from shared.events import MILESTONE_STATUSES
-from shared.health import KpiObservation, MilestoneState, ProgrammeState, programme_health
+from shared.health import (
+    KpiObservation,
+    MilestoneState,
+    ProgrammeHealth,
+    ProgrammeState,
+    programme_health,
+)
+from shared.kinds.milestone import MILESTONE_STATUSES
 
 
 class _Families(Collector):
@@ -63,8 +68,8 @@ def test_a_second_render_reads_the_same_series_text() -> None:
 
 
 def test_programme_gauges_match_prometheus_client_for_a_whole_board(catalogue: Catalogue) -> None:
-    # The metrics read the board's plain data without detail; the families are built from
-    # the full board model: the two must export the same exposition, byte for byte.
+    # The /metrics text of a whole programme, against prometheus_client's own exposition of
+    # the same gauges as families: byte for byte.
     now = datetime(2026, 2, 1, tzinfo=UTC)
     states = {
         (p.id, m.id): MilestoneState(
@@ -80,14 +85,14 @@ def test_programme_gauges_match_prometheus_client_for_a_whole_board(catalogue: C
     }
     health = programme_health(catalogue, ProgrammeState(states, observations), now)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Board(programme_view(catalogue, health)))
-    gauges = programme_gauges(programme_document(catalogue, health, detail=False))
-    assert render_gauges(gauges) == generate_latest(registry)
+    registry.register(_Programme(catalogue, health))
+    assert render_gauges(programme_gauges(catalogue, health)) == generate_latest(registry)
 
 
-class _Board(Collector):
-    def __init__(self, board: ProgrammeOut) -> None:
-        self._board = board
+class _Programme(Collector):
+    def __init__(self, catalogue: Catalogue, health: ProgrammeHealth) -> None:
+        self._catalogue = catalogue
+        self._health = health
 
     def collect(self):  # type: ignore[no-untyped-def]
-        return programme_families(self._board)
+        return programme_families(self._catalogue, self._health)

@@ -35,8 +35,8 @@ from services.aggregator.metrics import build_metrics_router, programme_gauges, 
 from services.aggregator.opmetrics import OperationalMetrics
 from services.aggregator.store import store_batch
 from shared.catalogue import Catalogue
-from shared.events import MILESTONE_STATUSES
 from shared.health import KpiObservation, MilestoneState, ProgrammeState, programme_health
+from shared.kinds.milestone import MILESTONE_STATUSES
 from tests.faults.checks import postgres_away
 
 from .harness import js_reply
@@ -287,8 +287,8 @@ def named(found: dict, name: str) -> dict[frozenset, float]:
 
 
 def test_metric_families_of_a_snapshot(catalogue: Catalogue) -> None:
-    board = programme_view(catalogue, programme_health(catalogue, the_state(), NOW))
-    text = render_gauges(programme_gauges(board.model_dump())).decode()
+    health = programme_health(catalogue, the_state(), NOW)
+    text = render_gauges(programme_gauges(catalogue, health)).decode()
     found = samples(text)
     assert sample(found, "cotn_proposal_rag", column="devolution", proposal="1a") == 1
     assert sample(found, "cotn_kpi_value", kpi="life-sciences-jobs") == 60000

@@ -11,13 +11,17 @@ import pytest
 import sqlalchemy as sa
 
 from bench.workload import Scale, generated_catalogue
-from services.aggregator import store
+from services.aggregator.board import programme_view
 from services.aggregator.db import session_factory, upgrade
 from services.aggregator.replay import replay
 from services.aggregator.status import RATE_CHUNK, StatusEvent, StatusPublisher
+from services.aggregator.storage.log import EVENT
 from shared.catalogue import Catalogue
-from shared.events import KPI_TYPE, MILESTONE_STATUSES, MILESTONE_TYPE
 from shared.health import KpiObservation, MilestoneState, programme_health
+from shared.kinds.kpi import KPI_OBSERVATION
+from shared.kinds.kpi import TYPE as KPI_TYPE
+from shared.kinds.milestone import MILESTONE_STATE, MILESTONE_STATUSES
+from shared.kinds.milestone import TYPE as MILESTONE_TYPE
 
 from .harness import Database, FakeClock, database_at
 
@@ -65,8 +69,8 @@ async def db(database_url: str, large: Catalogue) -> AsyncIterator[Database]:
     ]
     async with database_at(database_url) as database:
         async with database.engine.begin() as connection:
-            await connection.execute(sa.insert(store.MILESTONE_STATE), milestones)
-            await connection.execute(sa.insert(store.KPI_OBSERVATION), kpis)
+            await connection.execute(sa.insert(MILESTONE_STATE), milestones)
+            await connection.execute(sa.insert(KPI_OBSERVATION), kpis)
         yield database
 
 
@@ -135,6 +139,11 @@ async def test_a_status_pass_publishes_what_programme_health_says(
     assert {e.data.proposal: [r.rule for r in e.data.reasons] for e in sent} == {
         pid: [r.rule for r in h.reasons] for pid, h in expected.items()
     }
+    # One reason record on the wire: a status event's reasons are the board's.
+    board = programme_view(large, programme_health(large, await db.state(), clock.now))
+    assert {e.data.proposal: e.data.reasons for e in sent} == {
+        p.id: p.reasons for c in board.columns for p in c.proposals
+    }
     assert len({e.data.rag for e in sent}) > 1  # the state gives more than one colour
     assert reads_between > 0
     # Nothing changed: the next pass publishes nothing.
@@ -163,7 +172,7 @@ async def test_replay_folds_and_counts_only_the_catalogues_events(
     ]
     async with database_at(database_url) as database:
         async with database.engine.begin() as connection:
-            await connection.execute(sa.insert(store.EVENT), events)
+            await connection.execute(sa.insert(EVENT), events)
         assert await replay(database_url=database_url, catalogue=large) == 6
         state = await database.state()
     assert {key: s.status for key, s in state.milestones.items()} == {

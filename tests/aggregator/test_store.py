@@ -17,12 +17,14 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlmodel import SQLModel, select
 
-from services.aggregator import store
+from services.aggregator import queries, store
 from services.aggregator.consumer import decode
 from services.aggregator.db import make_engine, session_factory, upgrade
 from services.aggregator.models import EventConflict
 from services.aggregator.replay import replay
 from shared.catalogue import Catalogue
+from shared.kinds.kpi import KPI_OBSERVATION
+from shared.kinds.milestone import MILESTONE_STATE
 
 from .harness import T0, Database, database_at, kpi, milestone
 from .test_consumer_units import js_message
@@ -187,21 +189,21 @@ async def test_the_audit_trail_pages_and_filters(db: Database, log: Log) -> None
     ] + [kpi(f"k{i}", "exports", 130 + i, "2025", T0 + timedelta(hours=i)) for i in range(3)]
     await put(db, log(*bodies))
     async with db.sessions() as session:
-        page, cursor = await store.list_events(session=session, limit=4)
+        page, cursor = await queries.list_events(session=session, limit=4)
         assert [e.id for e in page] == ["m0", "m1", "m2", "m3"] and cursor
-        page, cursor = await store.list_events(session=session, limit=4, cursor=cursor)
+        page, cursor = await queries.list_events(session=session, limit=4, cursor=cursor)
         assert [e.id for e in page] == ["m4", "m5", "m6", "k0"] and cursor
-        page, cursor = await store.list_events(session=session, limit=4, cursor=cursor)
+        page, cursor = await queries.list_events(session=session, limit=4, cursor=cursor)
         assert [e.id for e in page] == ["k1", "k2"] and cursor is None
-        kpis, _ = await store.list_events(session=session, type="org.cotn.kpi.v1", proposal="3a")
+        kpis, _ = await queries.list_events(session=session, type="org.cotn.kpi.v1", proposal="3a")
         assert [e.id for e in kpis] == ["k0", "k1", "k2"]
-        recent, _ = await store.list_events(
+        recent, _ = await queries.list_events(
             session=session, source="greater-manchester", since=T0 + timedelta(hours=5)
         )
         assert [e.id for e in recent] == ["m5", "m6"]
         with pytest.raises(ValueError, match="cursor"):
-            await store.list_events(session=session, cursor="not-a-cursor")
-        assert await store.counts(session=session) == {
+            await queries.list_events(session=session, cursor="not-a-cursor")
+        assert await queries.counts(session=session) == {
             "events": 10,
             "milestone_states": 1,
             "kpi_observations": 1,
@@ -231,7 +233,7 @@ async def test_replay_rebuilds_the_projections(
     live = await db.state()
 
     async with db.sessions() as session, session.begin():
-        await session.exec(sa.delete(store.MILESTONE_STATE))
-        await session.exec(sa.update(store.KPI_OBSERVATION).values(value=-1))
+        await session.exec(sa.delete(MILESTONE_STATE))
+        await session.exec(sa.update(KPI_OBSERVATION).values(value=-1))
     assert await replay(database_url=database_url, catalogue=catalogue) == 200
     assert await db.state() == live

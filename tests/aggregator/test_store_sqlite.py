@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from sqlalchemy.dialects import sqlite
 
-from services.aggregator.store import EVENT, EVENT_ROW, SQLITE_CONVERT, sqlite_row
+from services.aggregator.storage.log import EVENT, EVENT_ROW
+from services.aggregator.storage.sqlite import SQLITE_CONVERT, sqlite_row
 
 DIALECT = sqlite.dialect()
 VALUES: dict[str, list[Any]] = {

@@ -25,14 +25,10 @@ from nats.js.api import ConsumerInfo
 from sqlalchemy.engine import make_url
 
 from services.aggregator.db import make_engine
-from services.aggregator.store import (
-    CONFLICT,
-    DEAD_LETTER,
-    EVENT,
-    KPI_OBSERVATION,
-    MILESTONE_STATE,
-)
+from services.aggregator.storage.log import CONFLICT, DEAD_LETTER, EVENT
 from shared.bus import AGGREGATOR_DURABLE, EVENTS_STREAM
+from shared.kinds.kpi import KPI_OBSERVATION
+from shared.kinds.milestone import MILESTONE_STATE
 
 Key = tuple[str, str]
 SETTLE_WITHIN = 60.0

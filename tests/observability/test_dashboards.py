@@ -21,7 +21,6 @@ from typer.testing import CliRunner
 
 from dashboards.builders import BUILDERS, JSON_DIR, generate
 from dashboards.builders.common import DATASOURCE_UID, DATASOURCE_VARIABLE
-from services.aggregator.board import programme_view
 from services.aggregator.metrics import programme_families
 from services.aggregator.opmetrics import OperationalMetrics
 from services.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_UNAVAILABLE
@@ -57,7 +56,7 @@ def exported_metric_names(catalogue: Catalogue) -> set[str]:
     IngestMetrics("business", registry, authorities=catalogue.authority_by_id)
     names = {s.name for family in registry.collect() for s in family.samples}
     health = programme_health(catalogue, ProgrammeState(), datetime.now(UTC))
-    names |= {family.name for family in programme_families(programme_view(catalogue, health))}
+    names |= {family.name for family in programme_families(catalogue, health)}
     return names | {"up"}
 
 

@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 
 from shared.bus import DLQ_STREAM, EVENTS_STREAM, STATUS_STREAM
 from shared.catalogue import load_catalogue
-from shared.events import EVENT_TYPES
+from shared.kinds import KINDS as EVENT_KINDS
 from shared.natsserver import NatsServer
 from shared.tokens import TokenStore
 from tests.ingest.support import CE_BATCH, CE_JSON, Ingest, running, settings_for
@@ -350,7 +350,7 @@ def unknown_reference(draw: st.DrawFn) -> Bad:
 
 @st.composite
 def unknown_type(draw: st.DrawFn) -> Bad:
-    kind = draw(TEXT.filter(lambda t: t not in EVENT_TYPES))
+    kind = draw(TEXT.filter(lambda t: t not in EVENT_KINDS.by_type))
     return bad(at_path(milestone(draw(ids)), "type", kind))
 
 

@@ -29,8 +29,8 @@ from services.cli import status as status_command
 from services.cli.main import app as cotn
 from services.ingest.metrics import UNKNOWN_AUTHORITY, IngestMetrics
 from shared.catalogue import Catalogue
-from shared.events import MILESTONE_STATUSES
 from shared.health import MilestoneState, ProgrammeState, programme_health
+from shared.kinds.milestone import MILESTONE_STATUSES
 from shared.natsserver import NatsServer
 from shared.tokens import TokenStore
 from tests.aggregator.harness import eventually, settings_for
@@ -181,8 +181,8 @@ def _label_values(catalogue: Catalogue) -> dict[str, set[str]]:
         for p in catalogue.proposals
         for m in p.milestones[:1]
     }
-    view = programme_view(catalogue, programme_health(catalogue, ProgrammeState(states, {}), now))
-    registry_families = list(programme_families(view))
+    health = programme_health(catalogue, ProgrammeState(states, {}), now)
+    registry_families = list(programme_families(catalogue, health))
     metrics = IngestMetrics("business", authorities=catalogue.authority_by_id)
     registry_families += list(metrics.registry.collect())
     values: dict[str, set[str]] = {}

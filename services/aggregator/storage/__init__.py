@@ -1,0 +1,47 @@
+"""Storage: one module per database behind one small protocol.
+
+:mod:`.log` holds the tables and the statements both databases share; :mod:`.sqlite` and
+:mod:`.postgres` each implement :class:`Backend`, how a batch travels to that database and
+how its timestamps are read. The write side (``services.aggregator.store``) and the read
+side (``services.aggregator.queries``) ask :func:`backend` for the session's one;
+``tests/aggregator/test_store.py`` runs the same suite against both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from services.aggregator.storage import postgres, sqlite
+from services.aggregator.storage.log import NewEvent
+
+
+class Backend(Protocol):
+    """What differs between the databases."""
+
+    NAME: str
+
+    def insert(self, table: sa.Table) -> Any:
+        """The dialect's INSERT, which has ON CONFLICT (both spell it alike)."""
+
+    def aware(self, column: sa.Column[datetime]) -> sa.ColumnElement[datetime]:
+        """``column`` read in bulk as aware UTC datetimes."""
+
+    async def insert_and_project(
+        self, connection: AsyncConnection, events: Sequence[NewEvent]
+    ) -> set[tuple[str, str]]:
+        """Insert-or-ignore ``events`` (one per key) and fold those inserted into every
+        projection, in the caller's transaction; the keys of the events inserted."""
+
+
+BACKENDS: dict[str, Backend] = {postgres.NAME: postgres, sqlite.NAME: sqlite}
+
+
+def backend(session: AsyncSession) -> Backend:
+    """The backend of the session's database."""
+    return BACKENDS[session.get_bind().dialect.name]

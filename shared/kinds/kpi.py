@@ -1,0 +1,126 @@
+"""``org.cotn.kpi.v1``: a reporter's actual of one KPI for one period.
+
+Filed under the first proposal of the receiving column that the KPI evidences, on
+``cotn.events.<column>.<proposal>.kpi``; folds into ``kpi_observation``: per (KPI, period),
+the newest report by (event time, stream sequence).
+"""
+
+from __future__ import annotations
+
+import builtins
+from datetime import datetime
+from typing import Annotated, Any, ClassVar, Literal
+
+import sqlalchemy as sa
+from pydantic import Field as PydanticField
+from pydantic import StrictStr
+from sqlmodel import Field, SQLModel
+
+from shared.catalogue import Catalogue
+from shared.events import CloudEvent, FiniteNumber, Frozen, Note, Ref
+from shared.kinds.base import EventKind, Log, Projection
+from shared.periods import PERIOD_PATTERN
+from shared.problems import Problem
+from shared.tables import Id, table_of, utc
+
+TYPE = "org.cotn.kpi.v1"
+
+
+class KpiData(Frozen):
+    kpi: Ref
+    value: FiniteNumber
+    period: Annotated[StrictStr, PydanticField(pattern=PERIOD_PATTERN)]
+    unit: StrictStr | None = PydanticField(
+        default=None, description="If given, must be the KPI's unit"
+    )
+    note: Note | None = None
+
+
+class KpiEvent(CloudEvent):
+    type: Literal["org.cotn.kpi.v1"]
+    data: KpiData
+
+
+class KpiObservationRow(SQLModel, table=True):
+    """The newest report of each KPI for each period, by (event time, stream sequence)."""
+
+    __tablename__ = "kpi_observation"
+
+    kpi: str = Field(primary_key=True, max_length=Id)
+    period: str = Field(primary_key=True, max_length=16)
+    value: float
+    event_time: datetime = utc()
+    stream_seq: int = Field(sa_type=sa.BigInteger)
+    source: str = Field(max_length=Id)
+    event_id: str = Field(max_length=256)
+
+
+KPI_OBSERVATION = table_of(KpiObservationRow)
+
+
+class Kpis(EventKind):
+    type: ClassVar[str] = TYPE
+    name: ClassVar[str] = "kpi"
+    model: ClassVar[builtins.type[CloudEvent]] = KpiEvent
+    description: ClassVar[str] = "A KPI's actual for one period, reported by one of its reporters"
+    codes: ClassVar[tuple[str, ...]] = ("unknown_kpi", "bad_subject", "wrong_unit")
+    refs: ClassVar[tuple[str, ...]] = ("kpi",)
+    table: ClassVar[sa.Table | None] = KPI_OBSERVATION
+
+    def check(
+        self, event: Any, *, catalogue: Catalogue, column: str, authority: str | None
+    ) -> list[Problem]:
+        data = event.data
+        kpi = catalogue.kpi_by_id.get(data.kpi)
+        if kpi is None:
+            return [Problem("data.kpi", f"unknown KPI {data.kpi!r}", code="unknown_kpi")]
+        problems = []
+        columns = sorted({catalogue.column_of[p] for p in kpi.evidences})
+        if column not in columns:
+            problems.append(
+                Problem(
+                    "data.kpi",
+                    f"KPI {kpi.id!r} evidences proposals of the {', '.join(columns)} column: "
+                    f"post it to that column service",
+                    code="bad_subject",
+                )
+            )
+        if data.unit is not None and data.unit != kpi.unit:
+            problems.append(
+                Problem(
+                    "data.unit",
+                    f"is {data.unit!r} but KPI {kpi.id} is in {kpi.unit!r}",
+                    code="wrong_unit",
+                )
+            )
+        if authority is not None and authority not in kpi.reporters:
+            problems.append(Problem("data.kpi", f"{authority!r} may not report KPI {kpi.id}", 403))
+        return problems
+
+    def proposal(self, event: Any, *, catalogue: Catalogue, column: str) -> str:
+        kpi = catalogue.kpi_by_id[event.data.kpi]
+        return next(p for p in kpi.evidences if catalogue.column_of.get(p) == column)
+
+    def files_under(self, event: Any, proposal: str, catalogue: Catalogue) -> bool:
+        # Any proposal of the column the KPI evidences: the choice is the column service's.
+        return proposal in catalogue.kpi_by_id[event.data.kpi].evidences
+
+    def row(self, event: Any) -> dict[str, Any]:
+        return {"kpi": event.data.kpi}
+
+    def projection(self, log: Log) -> Projection:
+        c = log.c
+        period = c.data["period"].as_string().label("period")
+        return Projection(
+            KPI_OBSERVATION,
+            (c.kpi, period),
+            TYPE,
+            [c.kpi, period, c.data["value"].as_float().label("value"),
+             c.event_time, c.stream_seq, c.source, c.event_id],
+        )  # fmt: skip
+
+    def known(self, catalogue: Catalogue) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+        return ("kpi",), [(k.id,) for k in catalogue.kpis]
+
+
+KIND = Kpis()

@@ -1,0 +1,138 @@
+"""``org.cotn.milestone.v1``: a partner reports the status of one milestone of a proposal.
+
+Filed under the proposal it names, on ``cotn.events.<column>.<proposal>.milestone``; folds
+into ``milestone_state``: per (proposal, milestone), the newest status by (event time,
+stream sequence).
+"""
+
+from __future__ import annotations
+
+import builtins
+from datetime import datetime
+from typing import Any, ClassVar, Literal
+
+import sqlalchemy as sa
+from pydantic import HttpUrl
+from sqlmodel import Field, SQLModel
+
+from shared.catalogue import Catalogue
+from shared.events import CloudEvent, Frozen, Note, Ref
+from shared.kinds.base import EventKind, Log, Projection
+from shared.problems import Problem
+from shared.tables import Id, table_of, utc
+
+TYPE = "org.cotn.milestone.v1"
+
+MilestoneStatus = Literal["not_started", "in_progress", "at_risk", "blocked", "completed"]
+MILESTONE_STATUSES: tuple[str, ...] = MilestoneStatus.__args__  # type: ignore[attr-defined]
+
+
+class MilestoneData(Frozen):
+    proposal: Ref
+    milestone: Ref
+    status: MilestoneStatus
+    note: Note | None = None
+    evidence_url: HttpUrl | None = None
+
+
+class MilestoneEvent(CloudEvent):
+    type: Literal["org.cotn.milestone.v1"]
+    data: MilestoneData
+
+
+class MilestoneStateRow(SQLModel, table=True):
+    """The newest status of each milestone, by (event time, stream sequence)."""
+
+    __tablename__ = "milestone_state"
+
+    proposal: str = Field(primary_key=True, max_length=Id)
+    milestone: str = Field(primary_key=True, max_length=Id)
+    status: str = Field(max_length=32)
+    event_time: datetime = utc()
+    stream_seq: int = Field(sa_type=sa.BigInteger)
+    source: str = Field(max_length=Id)
+    event_id: str = Field(max_length=256)
+    note: str | None = Field(default=None, sa_type=sa.Text)
+
+
+MILESTONE_STATE = table_of(MilestoneStateRow)
+
+
+class Milestones(EventKind):
+    type: ClassVar[str] = TYPE
+    name: ClassVar[str] = "milestone"
+    model: ClassVar[builtins.type[CloudEvent]] = MilestoneEvent
+    description: ClassVar[str] = "A milestone's status, reported by a partner of its proposal"
+    codes: ClassVar[tuple[str, ...]] = ("unknown_proposal", "unknown_milestone", "bad_subject")
+    refs: ClassVar[tuple[str, ...]] = ("milestone",)
+    table: ClassVar[sa.Table | None] = MILESTONE_STATE
+
+    def check(
+        self, event: Any, *, catalogue: Catalogue, column: str, authority: str | None
+    ) -> list[Problem]:
+        data = event.data
+        proposal = catalogue.proposal_by_id.get(data.proposal)
+        if proposal is None:
+            return [
+                Problem(
+                    "data.proposal", f"unknown proposal {data.proposal!r}", code="unknown_proposal"
+                )
+            ]
+        owner = catalogue.column_of[proposal.id]
+        if owner != column:
+            return [
+                Problem(
+                    "data.proposal",
+                    f"proposal {proposal.id!r} belongs to the {owner!r} column: "
+                    f"post it to the {owner} column service",
+                    code="bad_subject",
+                )
+            ]
+        problems = []
+        if proposal.milestone(data.milestone) is None:
+            known = ", ".join(m.id for m in proposal.milestones)
+            problems.append(
+                Problem(
+                    "data.milestone",
+                    f"unknown milestone {data.milestone!r} of {proposal.id} (known: {known})",
+                    code="unknown_milestone",
+                )
+            )
+        if authority is not None and authority not in proposal.partners:
+            problems.append(
+                Problem(
+                    "data.proposal",
+                    f"{authority!r} is not a partner of proposal {proposal.id}",
+                    403,
+                )
+            )
+        return problems
+
+    def proposal(self, event: Any, *, catalogue: Catalogue, column: str) -> str:
+        return str(event.data.proposal)
+
+    def files_under(self, event: Any, proposal: str, catalogue: Catalogue) -> bool:
+        return bool(event.data.proposal == proposal)
+
+    def row(self, event: Any) -> dict[str, Any]:
+        return {"milestone": event.data.milestone}
+
+    def projection(self, log: Log) -> Projection:
+        c = log.c
+        return Projection(
+            MILESTONE_STATE,
+            (c.proposal, c.milestone),
+            TYPE,
+            [c.proposal, c.milestone, c.data["status"].as_string().label("status"),
+             c.event_time, c.stream_seq, c.source, c.event_id,
+             c.data["note"].as_string().label("note")],
+        )  # fmt: skip
+
+    def known(self, catalogue: Catalogue) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+        pairs: list[tuple[str, ...]] = [
+            (p.id, m.id) for p in catalogue.proposals for m in p.milestones
+        ]
+        return ("proposal", "milestone"), pairs
+
+
+KIND = Milestones()

@@ -1,0 +1,24 @@
+"""Reporting periods: a year (``2025``), a quarter (``2025-Q3``) or a month (``2025-07``)."""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+
+PERIOD_PATTERN = r"^\d{4}(-Q[1-4]|-(0[1-9]|1[0-2]))?$"
+
+
+def period_end(period: str) -> date:
+    """The last day a period covers: ``2025`` -> 2025-12-31, ``2025-Q3`` -> 2025-09-30."""
+    if not re.fullmatch(PERIOD_PATTERN, period):
+        raise ValueError(f"{period!r} is not a year, quarter or month")
+    year = int(period[:4])
+    if len(period) == 4:
+        return date(year, 12, 31)
+    if period[5] == "Q":
+        month = int(period[6]) * 3
+    else:
+        month = int(period[5:7])
+    if month == 12:
+        return date(year, 12, 31)
+    return date.fromordinal(date(year, month + 1, 1).toordinal() - 1)
