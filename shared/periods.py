@@ -8,6 +8,15 @@ from datetime import date
 PERIOD_PATTERN = r"^\d{4}(-Q[1-4]|-(0[1-9]|1[0-2]))?$"
 
 
+def period_start(period: str) -> date:
+    """The first day a period covers: ``2025`` -> 2025-01-01, ``2025-Q3`` -> 2025-07-01."""
+    end = period_end(period)
+    if len(period) == 4:
+        return date(end.year, 1, 1)
+    months = 3 if period[5] == "Q" else 1
+    return date(end.year, end.month - months + 1, 1)
+
+
 def period_end(period: str) -> date:
     """The last day a period covers: ``2025`` -> 2025-12-31, ``2025-Q3`` -> 2025-09-30."""
     if not re.fullmatch(PERIOD_PATTERN, period):

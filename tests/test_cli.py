@@ -424,6 +424,8 @@ def test_post_one_event(service: FakeColumnService, event_file: Path) -> None:
     assert received.path == "/v1/events"
     assert received.headers["Content-Type"] == "application/cloudevents+json"
     assert received.headers["Authorization"] == "Bearer tok"
+    # The column goes with the request, so a --url of another column's service refuses it.
+    assert received.headers["Cotn-Column"] == "collaboration"
     assert received.body == event_file.read_bytes()
 
 

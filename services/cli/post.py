@@ -83,7 +83,9 @@ def post(
     body = _read(file)
     content_type = content_type_of(_decode(body, _name(file)), _name(file))
     base_url = url or column_url
-    response = _send(base_url.rstrip("/") + "/v1/events", body, content_type, token, timeout)
+    response = _send(
+        base_url.rstrip("/") + "/v1/events", body, content_type, token, timeout, column
+    )
     _report(response)
 
 
@@ -126,12 +128,14 @@ def _decode(body: bytes, name: str) -> Any:
 
 
 def _send(
-    endpoint: str, body: bytes, content_type: str, token: str, timeout: float
+    endpoint: str, body: bytes, content_type: str, token: str, timeout: float, column: str
 ) -> httpx.Response:
     # The bytes are sent as read, so the service sees exactly what the file holds.
     headers = {
         "Content-Type": content_type,
         "Authorization": f"Bearer {token}",
+        # A --url of another column's service answers 421 instead of taking the events.
+        "Cotn-Column": column,
         "Accept": "application/json, application/problem+json",
     }
     try:

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from shared.validation import Problem
+from shared.problems import Problem
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -25,6 +25,7 @@ TITLES = {
     "unauthenticated": "Unauthenticated",
     "forbidden": "Forbidden",
     "rate_limited": "Too many events",
+    "misdirected": "Misdirected request",
     "invalid": "Invalid event",
     "bus_unavailable": "Event bus unavailable",
 }

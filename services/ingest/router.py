@@ -1,7 +1,8 @@
 """HTTP handlers of a column service: ``POST /v1/events`` and the probes.
 
 A request is checked in this order, each step answering with its own status: token (401),
-the token's rate (429, one event's worth), content type (415), size (413), JSON (400), the
+the column it was meant for (421, when the client names one in ``Cotn-Column``), the token's
+rate (429, one event's worth), content type (415), size (413), JSON (400), the
 rate again for the rest of its events (429), events (403 before 422), then the bus (503).
 Unauthenticated and throttled clients therefore never cost a body read.
 """
@@ -38,10 +39,13 @@ from services.ingest.publisher import BusUnavailable, EventBus
 from services.ingest.ratelimit import RateLimiter
 from services.ingest.settings import IngestSettings
 from shared.catalogue import Catalogue
+from shared.problems import Problem
 from shared.tokens import TokenRecord, TokenStore, TokenUsage
-from shared.validation import Problem
 
 log = logging.getLogger("cotn.ingest")
+
+COLUMN_HEADER = "Cotn-Column"
+"""Names the column a client means to post to (``cotn post`` sends it); another is a 421."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,9 @@ router = APIRouter()
         403: openapi.problem("The token's authority may not send an event of the request"),
         413: openapi.problem("The body or the batch is too large"),
         415: openapi.problem("Not a CloudEvents JSON content type"),
+        421: openapi.problem(
+            "The request's Cotn-Column header names another column; nothing was published"
+        ),
         422: openapi.problem("An event is invalid; nothing was published"),
         429: openapi.problem(
             "The token sent more events than its rate limit allows; nothing was published",
@@ -128,6 +135,14 @@ async def post_events(request: Request, context: Context, credentials: Credentia
 
 async def _ingest(request: Request, context: IngestContext, token: TokenRecord) -> IngestResult:
     settings = context.settings
+    meant_for = request.headers.get(COLUMN_HEADER)
+    if meant_for is not None and meant_for != settings.column:
+        raise ProblemError(
+            421,
+            "misdirected",
+            f"this is the {settings.column} column service, but the request is for the "
+            f"{meant_for!r} column: send it to that column's service; nothing was published",
+        )
     _throttle(context, token, 1)
     mode = content_mode(request.headers.get("content-type"), request.headers)
     check_declared_length(request.headers.get("content-length"), settings.max_body_bytes)

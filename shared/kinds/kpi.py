@@ -8,7 +8,7 @@ the newest report by (event time, stream sequence).
 from __future__ import annotations
 
 import builtins
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal
 
 import sqlalchemy as sa
@@ -19,7 +19,7 @@ from sqlmodel import Field, SQLModel
 from shared.catalogue import Catalogue
 from shared.events import CloudEvent, FiniteNumber, Frozen, Note, Ref
 from shared.kinds.base import EventKind, Log, Projection
-from shared.periods import PERIOD_PATTERN
+from shared.periods import PERIOD_PATTERN, period_start
 from shared.problems import Problem
 from shared.tables import Id, table_of, utc
 
@@ -63,7 +63,7 @@ class Kpis(EventKind):
     name: ClassVar[str] = "kpi"
     model: ClassVar[builtins.type[CloudEvent]] = KpiEvent
     description: ClassVar[str] = "A KPI's actual for one period, reported by one of its reporters"
-    codes: ClassVar[tuple[str, ...]] = ("unknown_kpi", "bad_subject", "wrong_unit")
+    codes: ClassVar[tuple[str, ...]] = ("unknown_kpi", "bad_subject", "future_period", "wrong_unit")
     refs: ClassVar[tuple[str, ...]] = ("kpi",)
     table: ClassVar[sa.Table | None] = KPI_OBSERVATION
 
@@ -83,6 +83,16 @@ class Kpis(EventKind):
                     f"KPI {kpi.id!r} evidences proposals of the {', '.join(columns)} column: "
                     f"post it to that column service",
                     code="bad_subject",
+                )
+            )
+        begins = period_start(data.period)
+        if begins > event.time.astimezone(UTC).date():
+            problems.append(
+                Problem(
+                    "data.period",
+                    f"{data.period} begins on {begins}, after the event's time: a return is "
+                    "for a period that has begun (the current one included)",
+                    code="future_period",
                 )
             )
         if data.unit is not None and data.unit != kpi.unit:

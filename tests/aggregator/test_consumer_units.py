@@ -151,6 +151,7 @@ def test_a_kpi_event_is_filed_under_its_subjects_proposal(catalogue: Catalogue) 
         ),
         (milestone("e", "2a", "no-such-milestone", "completed"), None, "unknown_milestone"),
         (kpi("k", "no-such-kpi", 1, "2025"), "cotn.events.business.3a.kpi", "unknown_kpi"),
+        (kpi("k", "exports", 1, "2062"), "cotn.events.business.3a.kpi", "future_period"),
     ],
 )
 def test_what_can_never_be_stored(

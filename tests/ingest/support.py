@@ -34,6 +34,7 @@ PROBLEM_TITLES = {
     "unauthenticated": "Unauthenticated",
     "forbidden": "Forbidden",
     "rate_limited": "Too many events",
+    "misdirected": "Misdirected request",
     "invalid": "Invalid event",
     "bus_unavailable": "Event bus unavailable",
 }

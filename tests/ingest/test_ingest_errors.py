@@ -389,6 +389,40 @@ async def test_time_beyond_five_minutes_ahead_of_the_clock_is_422(
     )
 
 
+async def test_a_request_meant_for_another_column_is_421_and_publishes_nothing(
+    service: Ingest, stream: StreamProbe
+) -> None:
+    meant_for_devolution = milestone()
+    response = await service.post(meant_for_devolution, headers={"Cotn-Column": "devolution"})
+
+    problem = assert_problem(response, 421, "misdirected")
+    assert "collaboration column service" in problem["detail"]
+    assert "'devolution'" in problem["detail"]
+    assert await stream.landed([meant_for_devolution["id"]]) == []
+    here = milestone()
+    answer = await service.post(here, headers={"Cotn-Column": "collaboration"})
+    assert answer.status_code == 202, answer.text
+
+
+async def test_kpi_return_for_a_period_not_yet_begun_is_422(
+    service: Ingest, stream: StreamProbe
+) -> None:
+    today = datetime.now(UTC).date()
+    current_month = f"{today.year}-{today.month:02d}"
+    current_quarter = f"{today.year}-Q{(today.month - 1) // 3 + 1}"
+    begun = [kpi(period=p) for p in (str(today.year), current_quarter, current_month)]
+    assert (await service.post(begun, content_type=CE_BATCH)).status_code == 202
+
+    future = kpi(period="2062")
+    response = await service.post(future)
+
+    problem = assert_problem(response, 422, "invalid")
+    [error] = problem["errors"]
+    assert (error["id"], error["field"]) == (future["id"], "data.period")
+    assert error["reason"].startswith("2062 begins on 2062-01-01, after the event's time")
+    assert await stream.landed([future["id"]]) == []
+
+
 @pytest.mark.parametrize("body", [[], {"not": "an array"}], ids=["empty", "object"])
 async def test_batch_that_is_not_a_non_empty_array_is_422(service: Ingest, body: object) -> None:
     response = await service.post(body, content_type=CE_BATCH)
