@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Schemathesis in an environment of its own: see tests/test_schemathesis.py for why.
+ST_VENV := $(VENV)/schemathesis
+ST_STAMP := $(ST_VENV)/.installed
 
 .DEFAULT_GOAL := help
 
@@ -18,15 +21,21 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
+$(ST_STAMP): requirements-schemathesis.lock
+	test -x $(ST_VENV)/bin/python || $(PYTHON) -m venv $(ST_VENV)
+	$(ST_VENV)/bin/pip install --quiet --upgrade pip
+	$(ST_VENV)/bin/pip install --quiet -r requirements-schemathesis.lock
+	touch $(ST_STAMP)
+
 .PHONY: install
-install: $(STAMP) ## Create .venv and install the locked dependencies
+install: $(STAMP) $(ST_STAMP) ## Create .venv and install the locked dependencies
 
 .PHONY: run
 run: $(STAMP) ## Start the whole pipeline with a demo feed and a live board
 	$(BIN)/cotn run --demo
 
 .PHONY: test
-test: $(STAMP) ## Run the whole test suite (slow and fault tests included)
+test: $(STAMP) $(ST_STAMP) ## Run the whole test suite (slow and fault tests included)
 	$(BIN)/pytest
 
 .PHONY: lint
@@ -42,6 +51,7 @@ bench: $(STAMP) ## Measure throughput and latency against bare baselines
 .PHONY: lock
 lock: ## Re-pin requirements.lock from pyproject.toml
 	$(BIN)/pip install --quiet uv && $(BIN)/uv pip compile pyproject.toml --extra dev -o requirements.lock --python-version 3.11
+	$(BIN)/uv pip compile requirements-schemathesis.in -o requirements-schemathesis.lock --python-version 3.11
 
 .PHONY: clean
 clean: ## Remove the virtual environment and the embedded run's data

@@ -68,7 +68,7 @@ def mixed_events(catalogue: Catalogue, n: int, *, seed: int = 1, tag: str = "") 
             )
         else:
             kpi = rng.choice(catalogue.kpis)
-            period = f"{2020 + i % 8}-Q{1 + i % 4}"
+            period = f"{2017 + i % 8}-Q{1 + i % 4}"  # all begun before T0
             data = {"kpi": kpi.id, "value": round(rng.uniform(1, 1000), 3), "period": period}
             source, kind, kind_token, filed = kpi.reporters[0], KPI, "kpi", kpi.evidences[0]
         event = _event(event_id, source, kind, when, data)
@@ -98,7 +98,7 @@ def column_events(
         event_id = f"bench-{tag}-{i}"
         if kpis and i % 5 == 0:
             kpi, filed = rng.choice(kpis)
-            period = f"{2020 + i % 8}-Q{1 + i % 4}"
+            period = f"{2017 + i % 8}-Q{1 + i % 4}"  # all begun before T0
             data = {"kpi": kpi.id, "value": rng.uniform(1, 1000), "period": period}
             kind, kind_token = KPI, "kpi"
         else:
@@ -258,7 +258,7 @@ SELECT 'a' || {_pad(f"{p} % {scale.authorities} + 1", 2)}, 'bulk-' || g, g, '{MI
 FROM generate_series(1, {milestone_events}) AS g
 """
     k = f"(g % {scale.kpis})"
-    period = f"(2020 + (g / {scale.kpis}) % 8)::text || '-Q' || ((g / {8 * scale.kpis}) % 4 + 1)"
+    period = f"(2017 + (g / {scale.kpis}) % 8)::text || '-Q' || ((g / {8 * scale.kpis}) % 4 + 1)"
     kpis = f"""
 INSERT INTO event (source, event_id, stream_seq, type, "column", proposal, milestone, kpi,
                    event_time, received_at, data, digest)

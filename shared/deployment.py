@@ -150,7 +150,7 @@ _COMPOSE_NATS_TAIL = """\
     restart: unless-stopped
     environment:
       POSTGRES_USER: cotn
-      POSTGRES_PASSWORD: ${COTN_POSTGRES_PASSWORD:-cotn}
+      POSTGRES_PASSWORD: ${COTN_POSTGRES_PASSWORD:-change-me}
       POSTGRES_DB: cotn
     volumes:
       - postgres-data:/var/lib/postgresql/data
@@ -167,7 +167,8 @@ _COMPOSE_NATS_TAIL = """\
     restart: "no"
     entrypoint: ["alembic", "-c", "services/aggregator/alembic.ini", "upgrade", "head"]
     environment:
-      COTN_AGGREGATOR_DATABASE_URL: postgresql://cotn:${COTN_POSTGRES_PASSWORD:-cotn}@postgres:5432/cotn
+      COTN_ENV: ${COTN_ENV:-development}
+      COTN_AGGREGATOR_DATABASE_URL: postgresql://cotn:${COTN_POSTGRES_PASSWORD:-change-me}@postgres:5432/cotn
     depends_on:
       postgres:
         condition: service_healthy
@@ -181,7 +182,7 @@ _COMPOSE_AGGREGATOR = """\
     environment:
       COTN_ENV: ${{COTN_ENV:-development}}
       COTN_CATALOGUE: /etc/cotn/catalogue.yaml
-      COTN_AGGREGATOR_DATABASE_URL: postgresql://cotn:${{COTN_POSTGRES_PASSWORD:-cotn}}@postgres:5432/cotn
+      COTN_AGGREGATOR_DATABASE_URL: postgresql://cotn:${{COTN_POSTGRES_PASSWORD:-change-me}}@postgres:5432/cotn
       COTN_AGGREGATOR_NATS_URL: nats://{user}:{password}@nats:4222
       COTN_AGGREGATOR_MANAGE_STREAMS: "false"
       COTN_AGGREGATOR_MIGRATE_ON_START: "false"
@@ -237,6 +238,11 @@ _COMPOSE_TAIL = """\
       # Programme trends span months: keep them.
       - --storage.tsdb.retention.time=400d
       - --web.listen-address=0.0.0.0:9090
+      # prometheus.yml's runbook_base label comes from COTN_RUNBOOK_BASE below.
+      - --enable-feature=expand-external-labels
+    environment:
+      # The absolute address of docs/runbook.md, so alerts' runbook_url can be followed.
+      COTN_RUNBOOK_BASE: ${COTN_RUNBOOK_BASE:-https://cotn.example.org/docs/runbook.md}
     volumes:
       - ./deploy/prometheus:/etc/prometheus:ro
       - prometheus-data:/prometheus
@@ -272,8 +278,18 @@ _COMPOSE_TAIL = """\
   grafana:
     image: grafana/grafana-oss:10.4.2
     restart: unless-stopped
+    # Grafana does not refuse a placeholder password itself: this check does, outside
+    # development, before the image's own entrypoint (/run.sh) starts it.
+    entrypoint:
+      - /bin/sh
+      - -c
+      - >-
+        if [ "$$COTN_ENV" != development ] && [ "$$GF_SECURITY_ADMIN_PASSWORD" = change-me ];
+        then echo "GRAFANA_ADMIN_PASSWORD is the placeholder change-me: set a real one
+        (or COTN_ENV=development on a development machine)" >&2; exit 1; fi; exec /run.sh
     environment:
-      GF_SECURITY_ADMIN_PASSWORD: ${GRAFANA_ADMIN_PASSWORD:-admin}
+      COTN_ENV: ${COTN_ENV:-development}
+      GF_SECURITY_ADMIN_PASSWORD: ${GRAFANA_ADMIN_PASSWORD:-change-me}
       GF_USERS_ALLOW_SIGN_UP: "false"
       GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH: /var/lib/grafana/dashboards/cotn/cotn-overview.json
     volumes:
@@ -336,7 +352,7 @@ def _compose_head(columns: Sequence[str], aggregator_port: int) -> str:
         + _comment(
             f"Column services: {', '.join(listed)}; the board and read API: "
             f"http://localhost:{aggregator_port}; Prometheus :9090, Alertmanager :9093, "
-            "Grafana :3000 (admin / $GRAFANA_ADMIN_PASSWORD, default admin)."
+            "Grafana :3000 (admin / $GRAFANA_ADMIN_PASSWORD)."
         )
         + _comment(
             "The ports are those of `cotn run`, and the targets of "
@@ -356,6 +372,12 @@ def _compose_head(columns: Sequence[str], aggregator_port: int) -> str:
             f"{password_variable(ADMIN_USER)}, {password_variable(AGGREGATOR_USER)} and "
             f"{ingest_passwords} (URL-safe characters), for example in an .env file that is "
             "not committed."
+        )
+        + _comment(
+            "COTN_POSTGRES_PASSWORD (PostgreSQL, the aggregator and the migrations) and "
+            'GRAFANA_ADMIN_PASSWORD default to the same "change-me", refused likewise outside '
+            "development; COTN_RUNBOOK_BASE is where alerts' runbook links point "
+            "(the address of docs/runbook.md)."
         )
     )
 
@@ -514,6 +536,10 @@ global:
   evaluation_interval: 15s
   external_labels:
     monitor: cotn
+    # Where docs/runbook.md is read: the base of every alert's runbook_url. Expanded from
+    # Prometheus's environment (--enable-feature=expand-external-labels; docker-compose.yml
+    # sets COTN_RUNBOOK_BASE, a placeholder until the operator sets the real address).
+    runbook_base: ${COTN_RUNBOOK_BASE}
 
 rule_files:
   - rules/*.yml

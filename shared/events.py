@@ -82,8 +82,69 @@ class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+MAX_EXTENSIONS = 16
+MAX_EXTENSION_TEXT = 1024
+EXTENSION_NAME = re.compile(r"^[a-z0-9]{1,20}$")
+INT32 = range(-(2**31), 2**31)
+
+
+def extension_problem(name: str, value: Any) -> str | None:
+    """Why ``name: value`` is no CloudEvents extension attribute this service takes, or None.
+
+    Names are lower-case letters and digits, at most 20; values are of the CloudEvents type
+    system as JSON carries it: Boolean, Integer (32-bit) or a string (String, Binary as
+    base64, URI, URI-reference, Timestamp), one line of at most 1024 characters.
+    """
+    if not EXTENSION_NAME.match(name):
+        return (
+            "is not an attribute of this event type, nor an extension attribute's name "
+            "(lower-case letters and digits, at most 20)"
+        )
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return None if value in INT32 else "is an Integer outside the 32-bit range"
+    if isinstance(value, str):
+        if len(value) > MAX_EXTENSION_TEXT:
+            return f"is longer than {MAX_EXTENSION_TEXT} characters"
+        if re.search(r"[\x00-\x1f\x7f]", value):
+            return "must be one line of text without control characters"
+        return None
+    return "must be a Boolean, an Integer or a string (the CloudEvents type system)"
+
+
+def _extension_schema(schema: dict[str, Any]) -> None:
+    """Document the extension attributes :func:`extension_problem` accepts, and no others."""
+    schema["additionalProperties"] = False
+    # A key matching both properties and patternProperties must satisfy both: the
+    # envelope's own names are left out of the extensions' pattern.
+    names = "|".join(schema.get("properties", {}))
+    schema["patternProperties"] = {
+        f"^(?!({names})$)[a-z0-9]{{1,20}}$": {
+            "description": "An extension attribute (CloudEvents type system)",
+            "anyOf": [
+                {"type": "boolean"},
+                {"type": "integer", "minimum": INT32.start, "maximum": INT32.stop - 1},
+                {
+                    "type": "string",
+                    "maxLength": MAX_EXTENSION_TEXT,
+                    "pattern": "^[^\\x00-\\x1f\\x7f]*$",
+                },
+                {"type": "null"},
+            ],
+        }
+    }
+    schema["maxProperties"] = len(schema.get("properties", {})) + MAX_EXTENSIONS
+
+
 class CloudEvent(Frozen):
-    """The CloudEvents 1.0 envelope every kind shares; a kind adds its ``type`` and ``data``."""
+    """The CloudEvents 1.0 envelope every kind shares; a kind adds its ``type`` and ``data``.
+
+    Extension attributes are kept (``model_extra``), once :func:`extension_problem` found
+    none at fault: :meth:`shared.kinds.base.Registry.parse` checks them before the model.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="allow", json_schema_extra=_extension_schema)
 
     specversion: Literal["1.0"]
     id: Annotated[StrictStr, Field(min_length=1, max_length=256, pattern=_NO_CONTROL)]
@@ -98,6 +159,11 @@ class CloudEvent(Frozen):
     # Narrowed by each kind (a Literal type, its data model); last, as every event is written.
     type: str
     data: Frozen
+
+    @property
+    def extensions(self) -> dict[str, Any]:
+        """The event's extension attributes, by name."""
+        return dict(self.model_extra or {})
 
     @property
     def key(self) -> tuple[str, str]:

@@ -27,9 +27,10 @@ import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 from urllib.parse import quote, unquote, urlsplit
 
-from pydantic import Field, NatsDsn, model_validator
+from pydantic import AfterValidator, Field, NatsDsn, TypeAdapter, model_validator
 from pydantic_settings import BaseSettings
 
 from shared.bus import (
@@ -60,31 +61,59 @@ def inbox_prefix(user: str | None) -> str:
     return f"{DEFAULT_INBOX_PREFIX}_{user}" if user else DEFAULT_INBOX_PREFIX
 
 
+def server_urls(urls: str) -> list[str]:
+    """The URLs of ``urls``, one server or a comma-separated list of seeds of a cluster
+    (``nats://a:4222,nats://b:4222``), in order; an entry without a scheme is ``nats://``."""
+    entries = [entry.strip() for entry in urls.split(",") if entry.strip()]
+    return [entry if "://" in entry else f"nats://{entry}" for entry in entries]
+
+
+def _each(urls: str, change: Callable[[str], str]) -> str:
+    return ",".join(change(url) for url in server_urls(urls))
+
+
 def user_of(url: str) -> str | None:
-    """The user name a ``nats://user:password@host:port`` URL logs in with, if any."""
+    """The user name a ``nats://user:password@host:port`` URL (or each URL of a list) logs
+    in with, if any; a list whose URLs log in as different users is refused."""
+    users = {_user(u) for u in server_urls(url)}
+    if len(users) > 1:
+        raise ValueError("every URL of the NATS server list must log in as the same user")
+    return users.pop() if users else None
+
+
+def _user(url: str) -> str | None:
     name = urlsplit(url).username
     return unquote(name) if name else None
 
 
 def password_of(url: str) -> str | None:
+    """The password of a single ``nats://user:password@host:port`` URL, if any."""
     secret = urlsplit(url).password
     return unquote(secret) if secret is not None else None
 
 
 def with_credentials(url: str, user: str, password: str) -> str:
-    """``url`` logging in as ``user``; both are percent-encoded, as URLs require."""
-    parts = urlsplit(url)
-    host = parts.hostname or "127.0.0.1"
-    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return parts._replace(netloc=netloc).geturl()
+    """``url`` (or each URL of a list) logging in as ``user``; both are percent-encoded."""
+
+    def one(entry: str) -> str:
+        parts = urlsplit(entry)
+        host = parts.hostname or "127.0.0.1"
+        netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
+        if parts.port:
+            netloc += f":{parts.port}"
+        return parts._replace(netloc=netloc).geturl()
+
+    return _each(url, one)
 
 
 def without_credentials(url: str) -> str:
-    """``url`` without user and password, to show or log."""
-    parts = urlsplit(url)
-    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    """``url`` (or each URL of a list) without user and password, to show or log."""
+
+    def one(entry: str) -> str:
+        parts = urlsplit(entry)
+        return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+    return _each(url, one)
 
 
 # -- permissions ------------------------------------------------------------------------------
@@ -215,23 +244,48 @@ def write_passwords(data_dir: Path, passwords: Mapping[str, str]) -> Path:
 # -- settings ---------------------------------------------------------------------------------
 
 
-def refuse_placeholder(url: str, environment: str) -> None:
-    """Raise unless the URL's password is a real one or this is a development deployment."""
-    if password_of(url) == PLACEHOLDER_SECRET and environment != DEVELOPMENT:
+def refuse_placeholder(url: str, environment: str, what: str = "the NATS password") -> None:
+    """Raise unless the password of ``url`` (of each URL of a list) is a real one or this is
+    a development deployment."""
+    if environment == DEVELOPMENT:
+        return
+    if any(password_of(u) == PLACEHOLDER_SECRET for u in server_urls(url)):
         raise ValueError(
-            f"the NATS password is the placeholder {PLACEHOLDER_SECRET!r}: set a real one "
+            f"{what} is the placeholder {PLACEHOLDER_SECRET!r}: set a real one "
             f"(or {ENVIRONMENT_VARIABLE}={DEVELOPMENT} on a development machine)"
         )
+
+
+def _valid_servers(value: str) -> str:
+    urls = server_urls(value)
+    if not urls:
+        raise ValueError("no NATS server URL given")
+    for url in urls:
+        _NATS_URL.validate_python(url)  # raises on a URL nats-py would not accept
+    user_of(value)  # one user for every server of the list
+    return ",".join(urls)
+
+
+_NATS_URL: TypeAdapter[NatsDsn] = TypeAdapter(NatsDsn)
+
+NatsServers = Annotated[str, AfterValidator(_valid_servers)]
+"""One NATS URL or a comma-separated list of them (the seeds of a cluster)."""
 
 
 class NatsClientSettings(BaseSettings):
     """What every service needs to reach NATS; subclasses set the environment prefix.
 
     Credentials travel in the URL (``nats://user:password@host:4222``); the placeholder
-    password of the deployment files is refused unless ``COTN_ENV=development``.
+    password of the deployment files is refused unless ``COTN_ENV=development``. A
+    comma-separated list names the seeds of a cluster: the client connects to the first that
+    answers, so a service starts while a seed is down.
     """
 
-    nats_url: NatsDsn = NatsDsn("nats://127.0.0.1:4222")
+    nats_url: NatsServers = Field(
+        default="nats://127.0.0.1:4222",
+        description="NATS server URL, or a comma-separated list of a cluster's seeds; "
+        "credentials in each URL",
+    )
     manage_streams: bool = Field(
         default=True,
         description="Create or update the streams (and the aggregator's consumer) at start-up; "
@@ -246,10 +300,15 @@ class NatsClientSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _no_placeholder_secret(self) -> NatsClientSettings:
-        refuse_placeholder(str(self.nats_url), self.environment)
+        refuse_placeholder(self.nats_url, self.environment)
         return self
+
+    @property
+    def nats_servers(self) -> list[str]:
+        """The URLs of ``nats_url``, as nats-py's and FastStream's ``servers`` take them."""
+        return server_urls(self.nats_url)
 
     @property
     def nats_inbox_prefix(self) -> str:
         """This service's own inbox prefix, the only one its NATS user may subscribe to."""
-        return inbox_prefix(user_of(str(self.nats_url)))
+        return inbox_prefix(user_of(self.nats_url))

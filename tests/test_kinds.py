@@ -8,11 +8,9 @@ apps, SQLite and PostgreSQL.
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import json
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -21,17 +19,14 @@ import httpx
 import pytest
 import yaml
 
-from services.aggregator.app import create_app
 from services.cli import asyncapi
 from shared.catalogue import Catalogue
 from shared.events import CloudEvent, Frozen, Ref
 from shared.kinds import KINDS, EventKind
 from shared.natsserver import NatsServer
 from shared.problems import Problem
-from shared.tokens import TokenStore
-from tests.aggregator.harness import bus_at, database_at, eventually, sample, settings_for
-from tests.ingest.support import running as running_ingest
-from tests.ingest.support import settings_for as ingest_settings_for
+from tests.aggregator.harness import bus_at, database_at, eventually, sample
+from tests.pipeline import pipeline
 
 RISK_TYPE = "org.cotn.test-risk.v1"
 
@@ -95,18 +90,6 @@ def milestone(event_id: str) -> dict[str, Any]:
         "time": (datetime.now(UTC) - timedelta(minutes=1)).isoformat(),
         "data": {"proposal": "1a", "milestone": "joint-position", "status": "in_progress"},
     }
-
-
-@asynccontextmanager
-async def pipeline(nats_url: str, database_url: str, data: Path) -> AsyncIterator[tuple[Any, Any]]:
-    """The aggregator (consuming) and the devolution column service, built after the test's
-    kinds are registered."""
-    token, _ = TokenStore.in_dir(data).create("greater-manchester")
-    app = create_app(settings_for(nats_url, database_url), clock=lambda: datetime.now(UTC))
-    settings = ingest_settings_for(nats_url, data, column="devolution")
-    async with app.router.lifespan_context(app), running_ingest(settings, token) as devolution:
-        await asyncio.wait_for(app.state.aggregator.consuming.wait(), timeout=30)
-        yield app, devolution
 
 
 async def test_a_kind_added_through_the_registry_is_accepted_stored_and_listed(

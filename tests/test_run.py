@@ -19,7 +19,7 @@ from services.cli.common import EXIT_BAD_INPUT, EXIT_FAILED
 from services.cli.main import app
 from services.cli.run import NotReady, wait_ready
 from services.cli.supervisor import Part, RestartLimitExceeded, Supervisor, port_is_free
-from shared.natsserver import free_port
+from shared.natsserver import NatsServer, free_port
 
 
 def alive(pid: int) -> bool:
@@ -288,6 +288,38 @@ def test_parts_that_never_get_ready_are_named(tmp_path: Path) -> None:
     for column in ("collaboration", "devolution", "business"):
         assert f"; ingest-{column}: http://127.0.0.1:" in line
     assert "stopped; nothing left running" in result.stdout
+
+
+@pytest.mark.slow
+def test_a_server_list_whose_first_seed_is_down_serves_the_run(
+    tmp_path: Path, fresh_nats: NatsServer
+) -> None:
+    seeds = f"nats://127.0.0.1:{free_port()},{fresh_nats.url}"
+    with start_stack(tmp_path / "run", "--nats-url", seeds) as running:
+        assert f"NATS {seeds};" in running.output
+        issued = cotn("token", "create", "greater-manchester", "--data-dir", str(running.data_dir))
+        assert issued.returncode == 0, issued.stderr
+        event = {
+            "specversion": "1.0",
+            "id": "seeds-1",
+            "source": "greater-manchester",
+            "type": "org.cotn.milestone.v1",
+            "time": datetime.now(UTC).isoformat(),
+            "data": {"proposal": "1a", "milestone": "joint-position", "status": "completed"},
+        }
+        response = httpx.post(
+            running.columns["devolution"] + "/v1/events",
+            json=event,
+            headers={"Authorization": f"Bearer {issued.stdout.strip()}"},
+            timeout=10,
+        )
+        assert response.status_code == 202, response.text
+
+        def stored() -> bool:
+            page = httpx.get(running.url + "/v1/events", timeout=5).json()
+            return any(e["id"] == "seeds-1" for e in page["events"])
+
+        wait_until(stored, "the event stored by the aggregator", timeout=20)
 
 
 @pytest.mark.fault

@@ -21,7 +21,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import BaseModel, Field
 from pydantic_core import to_json
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -38,6 +38,7 @@ from services.aggregator.board import (
 )
 from services.aggregator.models import EventPublic
 from shared.catalogue import Catalogue
+from shared.events import Timestamp
 from shared.health import ProgrammeHealth, programme_health
 from shared.kinds import KINDS
 
@@ -275,8 +276,8 @@ def build_read_router(
         source: Annotated[str | None, Query(description="Only this authority's events")] = None,
         event_type: Annotated[str | None, TYPE_QUERY] = None,
         since: Annotated[
-            AwareDatetime | None,
-            Query(description="Only events from this time on (ISO 8601 with a timezone)"),
+            Timestamp | None,
+            Query(description="Only events from this time on (RFC 3339, with its offset)"),
         ] = None,
         cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size")] = 100,

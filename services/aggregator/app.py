@@ -51,6 +51,8 @@ log = logging.getLogger("cotn.aggregator")
 
 Clock = Callable[[], datetime]
 RETRY_MAX_SECONDS = 5.0
+BACKLOG_TIMEOUT = 2.0
+"""Seconds a backlog reading may take before NATS counts as unable to say."""
 SQLITE_SWITCH_INTERVAL = 0.0005
 """Seconds between GIL hand-overs when the database is SQLite (Python's default: 0.005)."""
 
@@ -72,7 +74,7 @@ class Aggregator:
         self.readers = session_factory(self.engine)
         self.writers = session_factory(self.engine, writer=True)
         self.broker = NatsBroker(
-            str(settings.nats_url),
+            settings.nats_servers,
             name="cotn-aggregator",
             # The only inbox its NATS user may read: see shared.natsauth.
             inbox_prefix=settings.nats_inbox_prefix,
@@ -211,11 +213,22 @@ class Aggregator:
         self._spawn(self._until_done("setting up the streams again", self._prepare_bus))
 
     async def _watch_backlog(self) -> None:
+        """Read the consumer's backlog every few seconds; while NATS cannot answer, the
+        gauge is absent (a stale number would read as a true one) and ``_up`` says 0."""
         while True:
-            with suppress(nats.errors.Error, TimeoutError, IncorrectState):
+            try:
+                if not self._nats_connected():
+                    raise IncorrectState("not connected to NATS")
                 js = self.broker.config.connection_state.stream
-                info = await js.consumer_info(EVENTS_STREAM, AGGREGATOR_DURABLE)
+                info = await js.consumer_info(
+                    EVENTS_STREAM, AGGREGATOR_DURABLE, timeout=BACKLOG_TIMEOUT
+                )
+            except (nats.errors.Error, TimeoutError, IncorrectState):
+                self.metrics.backlog.clear()
+                self.metrics.backlog_up.set(0)
+            else:
                 self.metrics.backlog.set(info.num_pending or 0)
+                self.metrics.backlog_up.set(1)
             await asyncio.sleep(self.settings.backlog_interval_seconds)
 
 

@@ -228,6 +228,7 @@ def decode(msg: Msg, catalogue: Catalogue) -> NewEvent:
             "event_time": event.time,
             "received_at": received_at,
             "data": obj["data"],
+            "extensions": event.extensions or None,
             "digest": event_digest(event),
         }
     )

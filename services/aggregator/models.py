@@ -34,6 +34,11 @@ class EventBase(SQLModel):
     received_at: datetime = _utc(description="When JetStream stored the event")
     stream_seq: int = Field(sa_type=sa.BigInteger, description="Sequence in the events stream")
     data: dict[str, Any] = Field(sa_type=JsonDocument, description="The event's data")
+    extensions: dict[str, Any] | None = Field(
+        default=None,
+        sa_type=JsonDocument,
+        description="The event's CloudEvents extension attributes, as sent; null for none",
+    )
 
 
 class Event(EventBase, table=True):

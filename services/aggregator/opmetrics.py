@@ -6,7 +6,11 @@ did, so each replica reports its own share.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from shared.kinds import KINDS
 
@@ -23,11 +27,40 @@ def dead_letter_reasons() -> list[str]:
     return list(reasons)
 
 
+class Reading(Collector):
+    """A gauge that is absent while its source cannot be read, rather than repeating a
+    value that may no longer be true: Prometheus then marks the series stale."""
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.value: float | None = None
+        registry.register(self)
+
+    def set(self, value: float) -> None:
+        """The source answered ``value``."""
+        self.value = value
+
+    def clear(self) -> None:
+        """The source could not be read: no sample until it can again."""
+        self.value = None
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(self.name, self.documentation)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(self.name, self.documentation)
+        if self.value is not None:
+            family.add_metric([], self.value)
+        yield family
+
+
 BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class OperationalMetrics:
-    """Counters of stored events, conflicts and dead letters; the backlog; batch timing;
+    """Counters of stored events, conflicts and dead letters; the backlog (absent while
+    unknown); batch timing;
     whether ``/metrics`` could read the database."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -54,9 +87,16 @@ class OperationalMetrics:
             ["reason"],
             registry=registry,
         )
-        self.backlog = Gauge(
+        self.backlog = Reading(
             "cotn_consumer_backlog",
-            "Messages of the events stream not yet delivered to the aggregator's consumer",
+            "Messages of the events stream not yet delivered to the aggregator's consumer; "
+            "absent while NATS cannot say (see cotn_consumer_backlog_up)",
+            registry=registry,
+        )
+        self.backlog_up = Gauge(
+            "cotn_consumer_backlog_up",
+            "1 when the last reading of the consumer's backlog succeeded; 0 while NATS "
+            "cannot be asked (cotn_consumer_backlog is then absent)",
             registry=registry,
         )
         self.database_up = Gauge(

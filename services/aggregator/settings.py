@@ -9,7 +9,15 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.bus import StreamSettings
-from shared.natsauth import NatsClientSettings
+from shared.natsauth import (
+    DEVELOPMENT,
+    ENVIRONMENT_VARIABLE,
+    PLACEHOLDER_SECRET,
+    NatsClientSettings,
+)
+
+PLACEHOLDER_DATABASE_PASSWORDS = (PLACEHOLDER_SECRET, "cotn")
+"""The deployment files' placeholder, and ``cotn``, what they defaulted to before it."""
 
 
 def async_database_url(url: str) -> str:
@@ -22,6 +30,23 @@ def async_database_url(url: str) -> str:
         if url.startswith(plain):
             return driver + url.removeprefix(plain)
     return url
+
+
+def refuse_placeholder_database(url: str, environment: str) -> None:
+    """Raise unless the database URL's password is a real one or this is development."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        password = make_url(url).password
+    except ArgumentError:
+        return  # not a URL SQLAlchemy reads: the engine says so with its own message
+    if password in PLACEHOLDER_DATABASE_PASSWORDS and environment != DEVELOPMENT:
+        raise ValueError(
+            f"the database password is the placeholder {password!r}: set a real one "
+            f"(COTN_POSTGRES_PASSWORD in docker-compose), or {ENVIRONMENT_VARIABLE}="
+            f"{DEVELOPMENT} on a development machine"
+        )
 
 
 class AggregatorSettings(NatsClientSettings):
@@ -97,6 +122,11 @@ class AggregatorSettings(NatsClientSettings):
             )
         if self.retry_delay_max_seconds < self.retry_delay_min_seconds:
             raise ValueError("retry_delay_max_seconds must not be below retry_delay_min_seconds")
+        return self
+
+    @model_validator(mode="after")
+    def _no_placeholder_database_password(self) -> Self:
+        refuse_placeholder_database(self.database_url, self.environment)
         return self
 
     def stream_settings(self) -> StreamSettings:

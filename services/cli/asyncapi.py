@@ -43,7 +43,7 @@ def brokers() -> list[Any]:
     found = [aggregator.state.aggregator.broker]
     for column in open_catalogue(DEFAULT_CATALOGUE).columns:
         ingest = ingest_app(IngestSettings(column=column.id))
-        found.append(ingest.state.ingest.bus.router.broker)
+        found.append(ingest.state.ingest.bus.broker)
     return found
 
 

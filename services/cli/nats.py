@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Annotated
 import nats
 import nats.errors
 import typer
+from nats.aio.client import Client
 from pydantic import ValidationError
 
 from services.cli.common import (
@@ -43,6 +44,7 @@ from shared.natsauth import (
     ENVIRONMENT_VARIABLE,
     inbox_prefix,
     refuse_placeholder,
+    server_urls,
     user_of,
     without_credentials,
 )
@@ -82,6 +84,22 @@ async def _raised_anyway(exc: Exception) -> None:
     """nats-py's default callback logs a traceback for what ``connect`` raises anyway."""
 
 
+async def _connect_once(url: str) -> Client:
+    """A connection to the first server of ``url`` (one URL or a list) that answers, each
+    tried twice at most; NoServersError when none does."""
+    return await nats.connect(
+        servers=server_urls(url),
+        inbox_prefix=inbox_prefix(user_of(url)),
+        connect_timeout=SETUP_TIMEOUT,
+        # nats-py retries a server for ever unless attempts are bounded (0 is unbounded).
+        allow_reconnect=False,
+        max_reconnect_attempts=1,
+        reconnect_time_wait=0.2,
+        dont_randomize=True,
+        error_cb=_raised_anyway,
+    )
+
+
 async def setup_bus(url: str, settings: AggregatorSettings | None = None) -> None:
     """Create or update the streams and the aggregator's durable consumer, once.
 
@@ -91,14 +109,7 @@ async def setup_bus(url: str, settings: AggregatorSettings | None = None) -> Non
     from services.aggregator.consumer import ensure_consumer
 
     settings = settings or _aggregator_settings()
-    client = await nats.connect(
-        url,
-        inbox_prefix=inbox_prefix(user_of(url)),
-        connect_timeout=SETUP_TIMEOUT,
-        allow_reconnect=False,
-        max_reconnect_attempts=0,
-        error_cb=_raised_anyway,
-    )
+    client = await _connect_once(url)
     try:
         js = client.jetstream(timeout=SETUP_TIMEOUT)
         await ensure_streams(js, settings.stream_settings())
@@ -130,7 +141,8 @@ def setup(
         typer.Option(
             envvar=ADMIN_URL_ENV,
             help="The server, with the administrator's credentials: "
-            "nats://cotn-admin:PASSWORD@host:4222.",
+            "nats://cotn-admin:PASSWORD@host:4222, or a comma-separated list of a cluster's "
+            "seeds, each with them.",
         ),
     ] = "nats://127.0.0.1:4222",
     wait: Annotated[
@@ -144,6 +156,7 @@ def setup(
     """
     try:
         refuse_placeholder(nats_url, os.environ.get(ENVIRONMENT_VARIABLE, ""))
+        user_of(nats_url)  # one user for every server of a list
     except ValueError as exc:
         fail(f"--nats-url ({ADMIN_URL_ENV}): {exc}", EXIT_BAD_INPUT)
     shown = without_credentials(nats_url)

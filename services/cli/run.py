@@ -59,6 +59,7 @@ from shared.natsauth import (
     generate_passwords,
     ingest_user,
     with_credentials,
+    without_credentials,
 )
 from shared.natsserver import NatsServer, free_port, nats_server_binary
 from shared.tokens import TokenStore
@@ -152,15 +153,18 @@ def plan_stack(
         passwords = generate_passwords(column_ids)
         nats = _nats_part(data_dir, log_dir, passwords, column_ids)
         parts.append(nats)
-        nats_url = f"nats://{HOST}:{nats.port}"
+        started = nats_url = f"nats://{HOST}:{nats.port}"
 
         def url_of(user: str) -> str:
-            return with_credentials(nats_url, user, passwords[user])
+            return with_credentials(started, user, passwords[user])
 
     else:
+        given = nats_url
 
         def url_of(user: str) -> str:
-            return nats_url  # a server of the user's: its URL serves every part
+            return given  # a server (or cluster) of the user's: its URLs serve every part
+
+        nats_url = without_credentials(given)
 
     database_url = database_url or f"sqlite+aiosqlite:///{data_dir / 'cotn.db'}"
     shared_args = ["--host", HOST, "--catalogue", str(catalogue_path)]
@@ -421,7 +425,11 @@ def run(
     catalogue: CatalogueOption = DEFAULT_CATALOGUE,
     nats_url: Annotated[
         str | None,
-        typer.Option(help="Use this NATS server instead of starting one.", show_default=False),
+        typer.Option(
+            help="Use this NATS server (or a comma-separated list of a cluster's seeds) "
+            "instead of starting one.",
+            show_default=False,
+        ),
     ] = None,
     database_url: Annotated[
         str | None,

@@ -8,8 +8,10 @@ overrides its variable.
 
 from __future__ import annotations
 
+import signal
 from enum import StrEnum
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -36,7 +38,12 @@ HostOption = Annotated[str | None, typer.Option(help="Interface to listen on.", 
 PortOption = Annotated[
     int | None, typer.Option(min=1, max=65535, help="Port to listen on.", show_default=False)
 ]
-NatsOption = Annotated[str | None, typer.Option(help="NATS server URL.", show_default=False)]
+NatsOption = Annotated[
+    str | None,
+    typer.Option(
+        help="NATS server URL, or a comma-separated list of a cluster's seeds.", show_default=False
+    ),
+]
 CatalogueFileOption = Annotated[
     Path | None,
     typer.Option(metavar="FILE", help="Programme catalogue (YAML).", show_default=False),
@@ -78,12 +85,21 @@ def _setting_problem(prefix: str, error: Any) -> str:
     return f"--{name.replace('_', '-')} ({prefix}{name.upper()}): {error['msg']}"
 
 
+def _stopped(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM once uvicorn has shut down: the stop was graceful, the exit code says so."""
+
+
 def _serve(application: Any, host: str, port: int, log_level: LogLevel) -> None:
-    """Run ``application`` until SIGINT or SIGTERM; refuse a busy port in one line first."""
+    """Run ``application`` until SIGINT or SIGTERM; refuse a busy port in one line first.
+
+    A graceful stop on SIGTERM exits 0: after shutting down, uvicorn raises the signal
+    again for the handler it found, which by default would end the process with -15.
+    """
     import uvicorn
 
     if not port_is_free(host, port):
         fail(f"port {port} on {host} is busy: stop what uses it or choose another --port")
+    signal.signal(signal.SIGTERM, _stopped)
     uvicorn.run(
         application,
         host=host,

@@ -1,7 +1,8 @@
 """The column service: one implementation, deployed once per catalogue column.
 
-``create_app(settings)`` builds the app and connects nothing; the FastStream router's
-lifespan connects to NATS in the background, sets up the streams and drains on shutdown.
+``create_app(settings)`` builds the app and connects nothing; the app's lifespan starts the
+FastStream broker, which connects to NATS in the background and sets up the streams, and
+drains it on shutdown.
 Run it with ``cotn serve ingest --column <id>``, or with
 ``uvicorn --factory services.ingest.app:app_from_env`` and ``COTN_INGEST_*`` variables.
 """
@@ -56,9 +57,11 @@ def create_app(settings: IngestSettings, *, clock: Callable[[], datetime] = utc_
         # process. Frozen, it is no longer scanned by each full collection: at 500 requests
         # a second those scans stalled every request for 40 to 90 ms (the single-event p99).
         gc.freeze()
+        await bus.broker.start()  # returns at once: see BackgroundNatsBroker
         try:
             yield
         finally:
+            await bus.broker.stop()
             # The uses noted since the last flush would be lost with the process.
             try:
                 usage.flush()
@@ -86,7 +89,6 @@ def create_app(settings: IngestSettings, *, clock: Callable[[], datetime] = utc_
         usage=usage,
     )
     app.include_router(router)
-    app.include_router(bus.router)
     app.add_exception_handler(StarletteHTTPException, http_exception_handler)  # type: ignore[arg-type]
     openapi.install(app)
     return app

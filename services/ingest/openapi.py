@@ -45,7 +45,7 @@ REQUEST_BODY: dict[str, Any] = {
     "content": {
         "application/cloudevents+json": {"schema": EVENT_REF},
         "application/json": {"schema": EVENT_REF},
-        BATCH_TYPE: {"schema": {"type": "array", "items": EVENT_REF, "minItems": 1}},
+        BATCH_TYPE: {"schema": {"type": "array", "items": EVENT_REF}},
     },
 }
 

@@ -1,8 +1,10 @@
 """The column service's side of NATS: connect in the background, keep the streams, publish.
 
-FastStream's router lifespan awaits ``broker.start()``, so an unreachable NATS would hold
-the HTTP side down. :class:`BackgroundNatsBroker` starts in a task instead: the service
-answers ``/healthz`` (and ``/readyz`` 503) at once while nats-py keeps retrying.
+The app's lifespan starts and stops the broker (no FastAPI integration: FastStream's
+``faststream.nats.fastapi`` is deprecated, and the service has no subscriber for it to
+serve). ``broker.start()`` would wait for NATS and hold the HTTP side down;
+:class:`BackgroundNatsBroker` starts in a task instead: the service answers ``/healthz``
+(and ``/readyz`` 503) at once while nats-py keeps retrying.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from typing import Any
 import nats.errors
 from faststream.exceptions import IncorrectState
 from faststream.nats import JStream, NatsBroker
-from faststream.nats.fastapi import NatsRouter
 from nats.aio.client import Client
 
 from services.ingest.settings import IngestSettings
@@ -96,19 +97,12 @@ class BackgroundNatsBroker(NatsBroker):
         await super().stop(exc_type, exc_val, exc_tb)
 
 
-class IngestNatsRouter(NatsRouter):
-    """FastStream's FastAPI integration with a broker that does not block start-up."""
-
-    broker_class = BackgroundNatsBroker
-    broker: BackgroundNatsBroker
-
-
-def declare_event_channels(router: NatsRouter, column: str) -> None:
+def declare_event_channels(broker: NatsBroker, column: str) -> None:
     """Declare each registered kind's subject of ``column`` (so the AsyncAPI document shows
     them); publishing goes through :meth:`EventBus.publish`, which sets the stream's ack and
     de-duplication headers itself."""
     for kind in KINDS:
-        router.publisher(
+        broker.publisher(
             event_subject(column, "{proposal}", kind.name),
             stream=JStream(EVENTS_STREAM, declare=False),
             schema=kind.model,
@@ -127,24 +121,22 @@ class EventBus:
         self._in_flight = asyncio.Semaphore(settings.max_in_flight)
         self._warned = False
         self._manage_streams = settings.manage_streams
-        self.router = IngestNatsRouter(
-            str(settings.nats_url),
+        self.broker = BackgroundNatsBroker(
+            settings.nats_servers,  # one URL, or the seeds of a cluster
             name=f"cotn-ingest-{settings.column}",
             # The only inbox its NATS user may read: see shared.natsauth.
             inbox_prefix=settings.nats_inbox_prefix,
             max_reconnect_attempts=-1,  # for ever: the service waits for NATS, it never gives up
-            reconnect_time_wait=settings.reconnect_wait_seconds,  # type: ignore[arg-type]
+            reconnect_time_wait=settings.reconnect_wait_seconds,
             connect_timeout=2,
             error_cb=self._on_error,
             reconnected_cb=self._on_reconnected,
             # FastStream logs per message at log_level: keep that at DEBUG, warnings stay.
             logger=log,
             log_level=logging.DEBUG,
-            schema_url=None,
         )
-        self.broker = self.router.broker
         self.broker.on_connected = self.ensure_streams
-        declare_event_channels(self.router, settings.column)
+        declare_event_channels(self.broker, settings.column)
 
     async def ensure_streams(self) -> None:
         """Create or update the streams, retrying until JetStream answers.

@@ -158,6 +158,8 @@ async def _ingest(request: Request, context: IngestContext, token: TokenRecord) 
     )
     if batch.problems:
         raise _refusal(batch, raws)
+    if not batch.fresh:  # an empty batch, which CloudEvents allows: nothing to publish
+        return _result(batch, [], context.metrics, token.authority)
     try:
         already_stored = await context.bus.publish([c.message for c in batch.fresh])
     except BusUnavailable as exc:
@@ -232,8 +234,8 @@ def _events_of(mode: Mode, decoded: Any, headers: Mapping[str, str], max_batch: 
         return [decoded]
     if mode is Mode.BINARY:
         return [binary_event(headers, decoded)]
-    if not isinstance(decoded, list) or not decoded:
-        reason = "must be a non-empty JSON array of events"
+    if not isinstance(decoded, list):
+        reason = "must be a JSON array of events"
         raise ProblemError(422, "invalid", f"a batch {reason}", errors=[Problem("(batch)", reason)])
     if len(decoded) > max_batch:
         raise ProblemError(

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from pydantic import Field, TypeAdapter, ValidationError
 
 from shared.catalogue import Catalogue
-from shared.events import CloudEvent
+from shared.events import MAX_EXTENSIONS, CloudEvent, extension_problem
 from shared.problems import Problem, problems_from_validation
 
 Log = sa.Table | sa.CTE | sa.Subquery
@@ -94,6 +94,37 @@ class UnknownKind(ValueError):
         self.problem = problem
 
 
+class BadExtensions(ValueError):
+    """Extension attributes no event may carry, each with its problem."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("; ".join(f"{p.field} {p.reason}" for p in problems))
+        self.problems = problems
+
+
+def _with_extensions_checked(
+    obj: dict[str, Any], model: builtins.type[CloudEvent]
+) -> dict[str, Any]:
+    """``obj`` without extension attributes given as null (the specification's absent);
+    :class:`BadExtensions` naming each one at fault, or when there are too many."""
+    names = [name for name in obj if name not in model.model_fields]
+    if not names:
+        return obj
+    problems = [
+        Problem(name, reason)
+        for name in names
+        if obj[name] is not None and (reason := extension_problem(name, obj[name]))
+    ]
+    present = [name for name in names if obj[name] is not None]
+    if len(present) > MAX_EXTENSIONS:
+        problems.append(
+            Problem("(event)", f"has {len(present)} extension attributes, at most {MAX_EXTENSIONS}")
+        )
+    if problems:
+        raise BadExtensions(problems)
+    return {name: value for name, value in obj.items() if value is not None or name not in names}
+
+
 class Registry:
     """The kinds the product knows, by CloudEvents type and by subject token."""
 
@@ -139,8 +170,9 @@ class Registry:
     def parse(self, obj: Any) -> CloudEvent:
         """Validate one decoded JSON object as an event of a known kind.
 
-        Raises :class:`UnknownKind` for a missing or unknown ``type`` and
-        :class:`pydantic.ValidationError` for an event its kind's model refuses.
+        Raises :class:`UnknownKind` for a missing or unknown ``type``, :class:`BadExtensions`
+        for extension attributes at fault and :class:`pydantic.ValidationError` for an event
+        its kind's model refuses.
         """
         if not isinstance(obj, dict):
             CloudEvent.model_validate(obj)  # raises, naming the event: not an object
@@ -152,7 +184,7 @@ class Registry:
             raise UnknownKind(
                 Problem("type", f"must be one of {', '.join(self._by_type)}", code="unknown_type")
             )
-        return kind.model.model_validate(obj)
+        return kind.model.model_validate(_with_extensions_checked(obj, kind.model))
 
     def json_schema(self, ref_template: str) -> dict[str, Any]:
         """The JSON Schema of an event of any registered kind, told apart by ``type``."""
@@ -168,5 +200,7 @@ class Registry:
             return self.parse(obj), []
         except UnknownKind as exc:
             return None, [exc.problem]
+        except BadExtensions as exc:
+            return None, exc.problems
         except ValidationError as exc:
             return None, problems_from_validation(exc)

@@ -101,6 +101,7 @@ def test_a_milestone_event_becomes_its_rows(catalogue: Catalogue) -> None:
         "event_time": T0,
         "received_at": STORED_AT,
         "data": body["data"],
+        "extensions": None,
         "digest": "-",
     }
 

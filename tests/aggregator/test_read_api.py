@@ -520,6 +520,7 @@ async def test_events_audit_trail(stack: Stack) -> None:
         "proposal": "1a",
         "stream_seq": 4,
         "data": EVENTS[3][2]["data"],
+        "extensions": None,
     }
 
 

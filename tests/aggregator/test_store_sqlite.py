@@ -64,6 +64,7 @@ def test_a_decoded_event_row_is_bound_column_by_column() -> None:
         "event_time": VALUES["event_time"][1],
         "received_at": VALUES["event_time"][2],
         "data": VALUES["data"][0],
+        "extensions": {"traceid": "abc", "seq": 7, "sampled": True},
         "digest": "0" * 64,
     }
     expected = []

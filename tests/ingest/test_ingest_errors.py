@@ -405,26 +405,36 @@ async def test_a_request_meant_for_another_column_is_421_and_publishes_nothing(
 
 
 async def test_kpi_return_for_a_period_not_yet_begun_is_422(
-    service: Ingest, stream: StreamProbe
+    service: Ingest, stream: StreamProbe, tokens: TokenStore
 ) -> None:
+    reporter = tokens.create("northern-gritstone")[0]
     today = datetime.now(UTC).date()
     current_month = f"{today.year}-{today.month:02d}"
     current_quarter = f"{today.year}-Q{(today.month - 1) // 3 + 1}"
     begun = [kpi(period=p) for p in (str(today.year), current_quarter, current_month)]
-    assert (await service.post(begun, content_type=CE_BATCH)).status_code == 202
+    answer = await service.post(begun, content_type=CE_BATCH, token=reporter)
+    assert answer.status_code == 202, answer.text
 
     future = kpi(period="2062")
-    response = await service.post(future)
+    response = await service.post(future, token=reporter)
 
     problem = assert_problem(response, 422, "invalid")
     [error] = problem["errors"]
     assert (error["id"], error["field"]) == (future["id"], "data.period")
     assert error["reason"].startswith("2062 begins on 2062-01-01, after the event's time")
-    assert await stream.landed([future["id"]]) == []
+    assert await stream.landed([future["id"]], source="northern-gritstone") == []
 
 
-@pytest.mark.parametrize("body", [[], {"not": "an array"}], ids=["empty", "object"])
-async def test_batch_that_is_not_a_non_empty_array_is_422(service: Ingest, body: object) -> None:
+async def test_an_empty_batch_is_accepted_and_publishes_nothing(
+    service: Ingest, stream: StreamProbe
+) -> None:
+    response = await service.post([], content_type=CE_BATCH)
+    assert (response.status_code, response.json()) == (202, {"accepted": [], "duplicates": []})
+    assert await stream.messages() == []
+
+
+@pytest.mark.parametrize("body", [{"not": "an array"}, "events"], ids=["object", "string"])
+async def test_batch_that_is_not_an_array_is_422(service: Ingest, body: object) -> None:
     response = await service.post(body, content_type=CE_BATCH)
 
     assert_problem(
@@ -436,7 +446,7 @@ async def test_batch_that_is_not_a_non_empty_array_is_422(service: Ingest, body:
                 "index": None,
                 "id": None,
                 "field": "(batch)",
-                "reason": "must be a non-empty JSON array of events",
+                "reason": "must be a JSON array of events",
             }
         ],
     )

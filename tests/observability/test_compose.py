@@ -9,16 +9,20 @@ and the ports Prometheus scrapes.
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import typer.main
+from pydantic import ValidationError
 from pydantic_settings import BaseSettings
+from typer.testing import CliRunner
 
 from dashboards.builders import JSON_DIR
 from dashboards.builders.common import DATASOURCE_UID
 from services.aggregator.settings import AggregatorSettings
+from services.cli.common import EXIT_BAD_INPUT
 from services.cli.main import app
 from services.cli.nats import ADMIN_URL_ENV
 from services.ingest.settings import IngestSettings
@@ -27,6 +31,7 @@ from shared.natsauth import (
     ADMIN_USER,
     AGGREGATOR_USER,
     ENVIRONMENT_VARIABLE,
+    PLACEHOLDER_SECRET,
     ingest_user,
     password_of,
     password_variable,
@@ -226,6 +231,76 @@ def test_every_nats_password_reaches_the_server_and_its_service() -> None:
         variable = password_variable(str(user_of(interpolate(url))))
         assert f"${{{variable}:-" in url
         assert password_of(interpolate(url)) == interpolate(server_env[variable])
+
+
+def test_every_default_password_is_the_placeholder_that_is_refused() -> None:
+    """PostgreSQL's and Grafana's passwords default to the placeholder, as NATS's do."""
+    defaults = dict(re.findall(r"\$\{([A-Z_]*PASSWORD):-([^}]*)\}", COMPOSE_FILE.read_text()))
+    assert {"COTN_POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD"} <= set(defaults)
+    assert set(defaults.values()) == {PLACEHOLDER_SECRET}, defaults
+
+
+@pytest.mark.parametrize("service", ["aggregator", "migrations"])
+def test_the_database_placeholder_is_refused_outside_development(
+    service: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = interpolate(SERVICES[service]["environment"]["COTN_AGGREGATOR_DATABASE_URL"])
+    monkeypatch.setenv(ENVIRONMENT_VARIABLE, "production")
+    with pytest.raises(ValidationError, match="placeholder"):
+        AggregatorSettings(database_url=url)
+    # (Checked first: a `cotn serve` that does not refuse would serve, and not return.)
+    started = CliRunner().invoke(app, ["serve", "aggregator", "--database-url", url])
+    assert started.exit_code == EXIT_BAD_INPUT, started.output
+    assert "the database password is the placeholder 'change-me'" in started.stderr
+    if service == "migrations":  # the alembic command reads the same variable
+        result = subprocess.run(
+            [
+                str(REPO / ".venv" / "bin" / "alembic"),
+                "-c",
+                "services/aggregator/alembic.ini",
+                "upgrade",
+                "head",
+            ],
+            cwd=REPO,
+            env={"COTN_AGGREGATOR_DATABASE_URL": url, "COTN_ENV": "production"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 1
+        assert "the database password is the placeholder" in result.stderr
+    monkeypatch.setenv(ENVIRONMENT_VARIABLE, "development")
+    assert AggregatorSettings(database_url=url).environment == "development"
+
+
+@pytest.mark.parametrize(
+    ("environment", "password", "refused"),
+    [
+        ("production", PLACEHOLDER_SECRET, True),
+        ("development", PLACEHOLDER_SECRET, False),
+        ("production", "a-real-one", False),
+    ],
+)
+def test_grafana_does_not_start_with_the_placeholder_outside_development(
+    environment: str, password: str, refused: bool
+) -> None:
+    grafana = SERVICES["grafana"]
+    _shell, flag, script = grafana["entrypoint"]
+    script = script.replace("$$", "$")  # compose's escape of a literal $
+    assert interpolate(grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"]) == PLACEHOLDER_SECRET
+    # Here there is no /run.sh: getting as far as exec-ing it means the check let it start.
+    result = subprocess.run(
+        ["/bin/sh", flag, script],
+        env={"COTN_ENV": environment, "GF_SECURITY_ADMIN_PASSWORD": password},
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    if refused:
+        assert result.returncode == 1
+        assert "GRAFANA_ADMIN_PASSWORD is the placeholder change-me" in result.stderr
+    else:
+        assert result.returncode == 127, result.stderr  # /run.sh: not found
 
 
 def test_migrations_run_once_before_the_aggregator() -> None:

@@ -55,6 +55,8 @@ def exported_metric_names(catalogue: Catalogue) -> set[str]:
     OperationalMetrics(registry)
     IngestMetrics("business", registry, authorities=catalogue.authority_by_id)
     names = {s.name for family in registry.collect() for s in family.samples}
+    # A gauge absent until its source is read (cotn_consumer_backlog) is exported all the same.
+    names |= {family.name for family in registry.collect() if family.type == "gauge"}
     health = programme_health(catalogue, ProgrammeState(), datetime.now(UTC))
     names |= {family.name for family in programme_families(catalogue, health)}
     return names | {"up"}

@@ -15,6 +15,7 @@ a real Alertmanager with the project's routing. Then:
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 import uuid
@@ -93,6 +94,8 @@ def write_prometheus_config(
         f"ingest-{column}": int(url.rsplit(":", 1)[1]) for column, url in stack.columns.items()
     }
     config["global"] = {
+        # The runbook_base label: alerts' runbook_url is absolute (see RUNBOOK_BASE).
+        "external_labels": config["global"]["external_labels"],
         "scrape_interval": "1s",
         "scrape_timeout": "1s",
         "evaluation_interval": "1s",
@@ -110,6 +113,7 @@ def write_prometheus_config(
 
 
 JOBS = {"cotn-aggregator", "cotn-ingest"}
+RUNBOOK_BASE = "https://docs.example.test/cotn/runbook.md"
 
 
 @dataclass
@@ -130,10 +134,12 @@ class Process:
                 self.process.wait()
 
 
-def start(argv: list[str], log: Path, url: str) -> Process:
+def start(argv: list[str], log: Path, url: str, env: dict[str, str] | None = None) -> Process:
     """Start ``argv`` and wait until ``url``/-/ready answers (Prometheus and Alertmanager)."""
     with log.open("wb") as out:
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
     child = Process(process, log, url)
 
     def ready() -> bool:
@@ -229,9 +235,12 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
                     f"--config.file={work / 'prometheus.yml'}",
                     f"--storage.tsdb.path={work / 'prometheus'}",
                     f"--web.listen-address=127.0.0.1:{prom_port}",
+                    # As docker-compose runs it: runbook_base comes from COTN_RUNBOOK_BASE.
+                    "--enable-feature=expand-external-labels",
                 ],
                 work / "prometheus.log",
                 f"http://127.0.0.1:{prom_port}",
+                env={"COTN_RUNBOOK_BASE": RUNBOOK_BASE},
             )
         except BaseException:
             alertmanager.stop()
@@ -313,7 +322,8 @@ def test_stall_alert_and_every_dashboard_query(live: Live) -> None:
     firing = wait_for(live.stall_alert, "ProposalStalled to fire for 3a")
     assert firing["labels"]["column"] == "business"
     assert firing["labels"]["title"] == live.catalogue.proposal_by_id[STALLING].title
-    assert firing["annotations"]["runbook_url"] == "docs/runbook.md#proposalstalled"
+    # Absolute, so it can be followed from a notification.
+    assert firing["annotations"]["runbook_url"] == f"{RUNBOOK_BASE}#proposalstalled"
     assert live.gauge(f'max(cotn_proposal_stalled{{proposal="{STALLING}"}})') == 1
     stalled = {
         a["labels"]["proposal"]

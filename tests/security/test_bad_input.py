@@ -449,9 +449,7 @@ def wrong_content_type(draw: st.DrawFn) -> Bad:
 
 @st.composite
 def bad_batch(draw: st.DrawFn) -> Bad:
-    which = draw(st.sampled_from(["empty", "not-an-array", "over-the-cap", "single-as-batch"]))
-    if which == "empty":
-        return bad([], content_type=CE_BATCH)
+    which = draw(st.sampled_from(["not-an-array", "over-the-cap", "single-as-batch"]))
     if which == "not-an-array":
         value = draw(st.one_of(NOT_TEXT.filter(lambda v: not isinstance(v, list)), TEXT))
         return bad(value, content_type=CE_BATCH)
@@ -505,8 +503,33 @@ def control_characters(draw: st.DrawFn) -> Bad:
 def unknown_attribute(draw: st.DrawFn) -> Bad:
     # No attribute of the model ends in "x": these are all unknown.
     name = draw(st.text(string.ascii_lowercase, min_size=1, max_size=12)) + "x"
-    path = f"data.{name}" if draw(st.booleans()) else name
-    return bad(at_path(milestone(draw(ids)), path, draw(st.one_of(TEXT, NOT_TEXT))))
+    event = milestone(draw(ids))
+    if draw(st.booleans()):  # data is closed: no attribute of its own may be added
+        return bad(at_path(event, f"data.{name}", draw(st.one_of(TEXT, NOT_TEXT))))
+    # At the top an unknown name is an extension attribute: refused when no extension may
+    # have that name, or when its value is of no CloudEvents type.
+    if draw(st.booleans()):
+        odd = draw(st.sampled_from(["-", "_", "A", ".", " ", "é"]))
+        name = draw(st.sampled_from([odd + name, name + odd, name * 2 + "x" * 20]))
+        return bad(at_path(event, name, draw(st.one_of(TEXT, NOT_TEXT))))
+    value = draw(
+        st.one_of(
+            st.floats(allow_nan=False, allow_infinity=False),
+            st.lists(st.integers(), max_size=3),
+            st.dictionaries(st.sampled_from("abc"), st.integers(), max_size=2),
+            st.integers().filter(lambda n: not -(2**31) <= n < 2**31),
+            TEXT.map(lambda t: t + "\n"),
+            st.just("x" * 1025),
+        )
+    )
+    return bad(at_path(event, name[:20], value))
+
+
+@st.composite
+def too_many_extensions(draw: st.DrawFn) -> Bad:
+    event = milestone(draw(ids))
+    count = draw(st.integers(min_value=17, max_value=40))
+    return bad(event | {f"ext{i}": "x" for i in range(count)})
 
 
 @st.composite
@@ -566,12 +589,13 @@ KINDS: dict[str, Callable[[], st.SearchStrategy[Bad]]] = {
     "invalid UTF-8": invalid_utf8,
     "duplicate JSON key": duplicate_key,
     "wrong content type": wrong_content_type,
-    "empty or oversized batch": bad_batch,
+    "not an array, or an oversized batch": bad_batch,
     "oversized chunked body": oversized_chunked,
     "deeply nested JSON": deep_nesting,
     "not an event": not_an_event,
     "control characters": control_characters,
     "unknown attribute": unknown_attribute,
+    "too many extensions": too_many_extensions,
     "unknown or malformed token": bad_token,
     "bad binary mode": bad_binary_mode,
 }

@@ -50,8 +50,9 @@ from shared.natsauth import (
     password_variable,
     user_names,
     with_credentials,
+    without_credentials,
 )
-from shared.natsserver import NatsServer, nats_server_binary
+from shared.natsserver import NatsServer, free_port, nats_server_binary
 from shared.tokens import TokenStore
 from tests.aggregator.harness import eventually
 from tests.aggregator.harness import settings_for as aggregator_settings_for
@@ -404,6 +405,39 @@ def test_real_passwords_and_no_password_are_fine() -> None:
     real = f"nats://{AGGREGATOR_USER}:{generate_passwords([])[ADMIN_USER]}@nats:4222"
     assert AggregatorSettings(nats_url=real).nats_inbox_prefix == f"_INBOX_{AGGREGATOR_USER}"
     assert AggregatorSettings().nats_inbox_prefix == "_INBOX"
+
+
+# -- a list of servers -----------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("production")
+def test_each_url_of_a_server_list_is_checked_and_shown_without_its_password() -> None:
+    real = f"nats://{AGGREGATOR_USER}:{generate_passwords([])[ADMIN_USER]}@nats-1:4222"
+    seeds = f"{real},{PLACEHOLDER_URL}"
+    with pytest.raises(ValidationError, match="placeholder"):
+        AggregatorSettings(nats_url=seeds)  # the placeholder of the second seed counts too
+    listed = AggregatorSettings(nats_url=f"{real}, nats://{AGGREGATOR_USER}:pw2@nats-2:4222")
+    assert listed.nats_servers == [real, f"nats://{AGGREGATOR_USER}:pw2@nats-2:4222"]
+    assert listed.nats_inbox_prefix == f"_INBOX_{AGGREGATOR_USER}"
+    assert without_credentials(listed.nats_url) == "nats://nats-1:4222,nats://nats-2:4222"
+    # One inbox prefix for the connection: every seed must log in as the same user.
+    with pytest.raises(ValidationError, match="same user"):
+        IngestSettings(column="business", nats_url=f"{real},nats://other:pw@nats-2:4222")
+    with pytest.raises(ValidationError):
+        IngestSettings(column="business", nats_url="nats://nats-1:4222,http://nats-2:80")
+
+
+def test_cotn_nats_setup_uses_the_next_seed_when_the_first_is_down(
+    server: NatsServer, passwords: dict[str, str]
+) -> None:
+    admin = url_as(server, ADMIN_USER, passwords)
+    down = with_credentials(f"nats://127.0.0.1:{free_port()}", ADMIN_USER, passwords[ADMIN_USER])
+    seeds = f"{down},{admin}"
+
+    result = CliRunner().invoke(cotn, ["nats", "setup", "--nats-url", seeds])
+
+    assert result.exit_code == 0, result.output
+    assert passwords[ADMIN_USER] not in result.output
 
 
 # -- cotn nats setup --------------------------------------------------------------------------

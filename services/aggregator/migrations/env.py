@@ -15,7 +15,8 @@ from sqlmodel import SQLModel
 
 import services.aggregator.models  # noqa: F401  (registers the tables on SQLModel.metadata)
 from services.aggregator.db import WRITER_OPTIONS, make_engine
-from services.aggregator.settings import async_database_url
+from services.aggregator.settings import async_database_url, refuse_placeholder_database
+from shared.natsauth import ENVIRONMENT_VARIABLE
 
 config = context.config
 target_metadata = SQLModel.metadata
@@ -38,6 +39,10 @@ async def run_from_command_line() -> None:
     url = os.environ.get("COTN_AGGREGATOR_DATABASE_URL") or config.get_main_option("sqlalchemy.url")
     if not url:
         raise SystemExit("no database: set COTN_AGGREGATOR_DATABASE_URL")
+    try:
+        refuse_placeholder_database(url, os.environ.get(ENVIRONMENT_VARIABLE, "production"))
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     engine = make_engine(async_database_url(url))
     try:
         async with engine.connect() as connection:

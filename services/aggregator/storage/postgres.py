@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 from functools import cache
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql import visitors
 
 from services.aggregator.storage.log import (
     EVENT,
@@ -35,6 +37,21 @@ def aware(column: sa.Column[datetime]) -> sa.ColumnElement[datetime]:
     return sa.type_coerce(column, sa.DateTime(timezone=True)).label(column.name)
 
 
+def _folded_columns() -> list[sa.Column[Any]]:
+    """The ``event`` columns the insert returns: the key, and what the projections read.
+
+    Every column would also send back what no projection reads (the extensions document,
+    the arrival time), for every event of every batch.
+    """
+    used = {"source", "event_id", "type", "event_time", "stream_seq"}
+    for projection in projections(EVENT):
+        for expression in (*projection.key, *projection.columns):
+            for element in visitors.iterate(expression):
+                if isinstance(element, sa.Column) and element.table is EVENT:
+                    used.add(element.name)
+    return [EVENT.c[name] for name in EVENT_ROW if name in used]
+
+
 @cache
 def _insert_and_project_statement(kinds: tuple[str, ...]) -> sa.Select[tuple[str, str]]:
     """PostgreSQL: the whole batch in one statement, built once per set of registered
@@ -51,7 +68,7 @@ def _insert_and_project_statement(kinds: tuple[str, ...]) -> sa.Select[tuple[str
         postgresql.insert(EVENT)
         .from_select(EVENT_ROW, sa.select(*batch.c))
         .on_conflict_do_nothing(index_elements=["source", "event_id"])
-        .returning(*(EVENT.c[n] for n in EVENT_ROW if n != "digest"))
+        .returning(*_folded_columns())
         .cte("inserted")
     )
     i = inserted.c
