@@ -244,14 +244,14 @@ def write_passwords(data_dir: Path, passwords: Mapping[str, str]) -> Path:
 # -- settings ---------------------------------------------------------------------------------
 
 
-def refuse_placeholder(url: str, environment: str, what: str = "the NATS password") -> None:
+def refuse_placeholder(url: str, environment: str) -> None:
     """Raise unless the password of ``url`` (of each URL of a list) is a real one or this is
     a development deployment."""
     if environment == DEVELOPMENT:
         return
     if any(password_of(u) == PLACEHOLDER_SECRET for u in server_urls(url)):
         raise ValueError(
-            f"{what} is the placeholder {PLACEHOLDER_SECRET!r}: set a real one "
+            f"the NATS password is the placeholder {PLACEHOLDER_SECRET!r}: set a real one "
             f"(or {ENVIRONMENT_VARIABLE}={DEVELOPMENT} on a development machine)"
         )
 

@@ -66,6 +66,12 @@ def run(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     )
 
 
+def routes_test(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``amtool config routes test`` against the Alertmanager file generated under ``root``."""
+    config = f"--config.file={root / ALERTMANAGER_FILE}"
+    return run(tool("amtool"), "config", "routes", "test", config, *args)
+
+
 class ComposeLoader(yaml.SafeLoader):
     """PyYAML's safe loader, reading Compose's ``!reset`` and ``!override`` as plain values."""
 
@@ -273,13 +279,8 @@ def test_alertmanager_has_a_route_and_a_receiver_for_the_new_column(four_columns
 def test_the_new_columns_alerts_reach_its_own_receiver(
     four_columns: Path, labels: dict[str, str], receivers: str
 ) -> None:
-    result = run(
-        tool("amtool"),
-        "config",
-        "routes",
-        "test",
-        f"--config.file={four_columns / ALERTMANAGER_FILE}",
-        *(f"{k}={v}" for k, v in {**labels, "column": NEW_COLUMN}.items()),
+    result = routes_test(
+        four_columns, *(f"{k}={v}" for k, v in {**labels, "column": NEW_COLUMN}.items())
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == receivers
@@ -287,12 +288,8 @@ def test_the_new_columns_alerts_reach_its_own_receiver(
 
 def test_the_other_columns_still_reach_theirs(four_columns: Path) -> None:
     for column in ("collaboration", "devolution", "business"):
-        result = run(
-            tool("amtool"),
-            "config",
-            "routes",
-            "test",
-            f"--config.file={four_columns / ALERTMANAGER_FILE}",
+        result = routes_test(
+            four_columns,
             f"--verify.receivers=column-{column}",
             "alertname=ProposalRed",
             "team=programme",

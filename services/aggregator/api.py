@@ -184,7 +184,10 @@ def store_unavailable(exc: BaseException, path: str) -> JSONResponse:
 def validation_problem(exc: RequestValidationError) -> JSONResponse:
     """A 422 problem naming each bad parameter by its name, not FastAPI's location tuple."""
     errors = [
-        FieldProblem(field=str(err["loc"][-1]) if err["loc"] else "(request)", reason=err["msg"])
+        FieldProblem(
+            field=str(err["loc"][-1]) if err["loc"] else "(request)",
+            reason=str(err["msg"]).removeprefix("Value error, "),
+        )
         for err in exc.errors()
     ]
     names = ", ".join(sorted({e.field for e in errors}))

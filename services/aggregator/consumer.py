@@ -61,7 +61,7 @@ from shared.bus import (
 )
 from shared.catalogue import Catalogue
 from shared.events import CloudEvent
-from shared.kinds import KINDS, UnknownKind
+from shared.kinds import KINDS, Refused
 from shared.problems import problems_from_validation
 
 log = logging.getLogger("cotn.aggregator.consumer")
@@ -241,8 +241,8 @@ def _parse(payload: bytes) -> tuple[dict[str, Any], CloudEvent]:
         raise Unstorable("invalid_json", str(exc)) from None
     try:
         return obj, KINDS.parse(obj)
-    except UnknownKind as exc:
-        raise Unstorable(exc.problem.code, str(exc)) from None
+    except Refused as exc:
+        raise Unstorable(exc.problems[0].code, str(exc)) from None
     except ValidationError as exc:
         detail = "; ".join(f"{p.field} {p.reason}" for p in problems_from_validation(exc))
         raise Unstorable("invalid_event", detail) from None

@@ -60,8 +60,7 @@ BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 class OperationalMetrics:
     """Counters of stored events, conflicts and dead letters; the backlog (absent while
-    unknown); batch timing;
-    whether ``/metrics`` could read the database."""
+    unknown); batch timing; whether ``/metrics`` could read the database."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry

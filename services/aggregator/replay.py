@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.aggregator.db import WRITER_OPTIONS, make_engine
 from services.aggregator.storage.log import EVENT, newest_of_each_key
 from shared.catalogue import Catalogue
-from shared.kinds import KINDS, EventKind
+from shared.kinds import KINDS, EventKind, Projection
 from shared.tables import Id
 
 
@@ -33,13 +33,12 @@ async def replay(*, database_url: str, catalogue: Catalogue) -> int:
     folded = 0
     try:
         async with engine.execution_options(**WRITER_OPTIONS).begin() as connection:
-            tables = [kind.table for kind in KINDS if kind.table is not None]
-            if connection.dialect.name == "postgresql" and tables:
-                names = ", ".join(t.name for t in tables)
+            folding = [(k, p) for k in KINDS if (p := k.projection(EVENT)) is not None]
+            if connection.dialect.name == "postgresql" and folding:
+                names = ", ".join(p.table.name for _, p in folding)
                 await connection.execute(sa.text(f"LOCK TABLE {names} IN EXCLUSIVE MODE"))
-            for kind in KINDS:
-                if kind.table is not None:
-                    folded += await _rebuild(connection, kind, catalogue)
+            for kind, projection in folding:
+                folded += await _rebuild(connection, kind, projection, catalogue)
     finally:
         await engine.dispose()
     return folded
@@ -72,12 +71,12 @@ def _joined(rows: sa.Table | sa.Subquery, known: sa.Table) -> sa.Join:
     return rows.join(known, sa.and_(*(known.c[c.name] == rows.c[c.name] for c in known.columns)))
 
 
-async def _rebuild(connection: AsyncConnection, kind: EventKind, catalogue: Catalogue) -> int:
+async def _rebuild(
+    connection: AsyncConnection, kind: EventKind, projection: Projection, catalogue: Catalogue
+) -> int:
     """Replace ``kind``'s projection with the fold of its known events; count them."""
-    projection = kind.projection(EVENT)
-    assert projection is not None and kind.table is not None
     known = await _known_entries(connection, kind, catalogue)
-    table = kind.table
+    table = projection.table
     await connection.execute(sa.delete(table))
     newest = newest_of_each_key(projection, _joined(EVENT, known))
     await connection.execute(sa.insert(table).from_select([c.name for c in table.columns], newest))

@@ -7,6 +7,8 @@ from typing import Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from shared.bus import StreamSettings
 from shared.natsauth import (
@@ -34,9 +36,6 @@ def async_database_url(url: str) -> str:
 
 def refuse_placeholder_database(url: str, environment: str) -> None:
     """Raise unless the database URL's password is a real one or this is development."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
     try:
         password = make_url(url).password
     except ArgumentError:

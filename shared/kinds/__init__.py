@@ -9,8 +9,8 @@ all read :data:`KINDS`.
 from __future__ import annotations
 
 from shared.kinds import kpi, milestone
-from shared.kinds.base import EventKind, Projection, Registry, UnknownKind
+from shared.kinds.base import EventKind, Projection, Refused, Registry
 
 KINDS = Registry([milestone.KIND, kpi.KIND])
 
-__all__ = ["KINDS", "EventKind", "Projection", "Registry", "UnknownKind"]
+__all__ = ["KINDS", "EventKind", "Projection", "Refused", "Registry"]

@@ -49,10 +49,6 @@ class EventKind:
     description: ClassVar[str]
     codes: ClassVar[tuple[str, ...]] = ()
     """The dead-letter reasons :meth:`check` may give, so metrics show them from zero."""
-    refs: ClassVar[tuple[str, ...]] = ()
-    """The ``event`` table's reference columns (``milestone``, ``kpi``) it fills."""
-    table: ClassVar[sa.Table | None] = None
-    """Its projection's table, if it folds into one."""
 
     def check(
         self, event: Any, *, catalogue: Catalogue, column: str, authority: str | None
@@ -73,11 +69,12 @@ class EventKind:
         )
 
     def row(self, event: Any) -> dict[str, Any]:
-        """The values of :attr:`refs` for the stored row."""
+        """The ``event`` table's reference columns (``milestone``, ``kpi``) it fills."""
         return {}
 
     def projection(self, log: Log) -> Projection | None:
-        """How the kind folds into :attr:`table`, as columns of ``log``; None without one."""
+        """How the kind folds into its projection table, as columns of ``log``; None for a
+        kind without one."""
         return None
 
     def known(self, catalogue: Catalogue) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
@@ -86,16 +83,9 @@ class EventKind:
         return (), []
 
 
-class UnknownKind(ValueError):
-    """An event whose ``type`` the registry does not know (or that has none)."""
-
-    def __init__(self, problem: Problem) -> None:
-        super().__init__(f"{problem.field} {problem.reason}")
-        self.problem = problem
-
-
-class BadExtensions(ValueError):
-    """Extension attributes no event may carry, each with its problem."""
+class Refused(ValueError):
+    """An object refused before its kind's model could read it: no ``type``, one the
+    registry does not know, or extension attributes at fault; each with its problem."""
 
     def __init__(self, problems: list[Problem]) -> None:
         super().__init__("; ".join(f"{p.field} {p.reason}" for p in problems))
@@ -106,7 +96,7 @@ def _with_extensions_checked(
     obj: dict[str, Any], model: builtins.type[CloudEvent]
 ) -> dict[str, Any]:
     """``obj`` without extension attributes given as null (the specification's absent);
-    :class:`BadExtensions` naming each one at fault, or when there are too many."""
+    :class:`Refused` naming each one at fault, or when there are too many."""
     names = [name for name in obj if name not in model.model_fields]
     if not names:
         return obj
@@ -121,7 +111,7 @@ def _with_extensions_checked(
             Problem("(event)", f"has {len(present)} extension attributes, at most {MAX_EXTENSIONS}")
         )
     if problems:
-        raise BadExtensions(problems)
+        raise Refused(problems)
     return {name: value for name, value in obj.items() if value is not None or name not in names}
 
 
@@ -170,20 +160,18 @@ class Registry:
     def parse(self, obj: Any) -> CloudEvent:
         """Validate one decoded JSON object as an event of a known kind.
 
-        Raises :class:`UnknownKind` for a missing or unknown ``type``, :class:`BadExtensions`
-        for extension attributes at fault and :class:`pydantic.ValidationError` for an event
-        its kind's model refuses.
+        Raises :class:`Refused` for a missing or unknown ``type`` or extension attributes at
+        fault, and :class:`pydantic.ValidationError` for an event its kind's model refuses.
         """
         if not isinstance(obj, dict):
             CloudEvent.model_validate(obj)  # raises, naming the event: not an object
             raise AssertionError("pydantic took a non-object for an event")
         if "type" not in obj:
-            raise UnknownKind(Problem("type", "is required"))
+            raise Refused([Problem("type", "is required")])
         kind = self._by_type.get(obj["type"]) if isinstance(obj["type"], str) else None
         if kind is None:
-            raise UnknownKind(
-                Problem("type", f"must be one of {', '.join(self._by_type)}", code="unknown_type")
-            )
+            reason = f"must be one of {', '.join(self._by_type)}"
+            raise Refused([Problem("type", reason, code="unknown_type")])
         return kind.model.model_validate(_with_extensions_checked(obj, kind.model))
 
     def json_schema(self, ref_template: str) -> dict[str, Any]:
@@ -198,9 +186,7 @@ class Registry:
         """:meth:`parse` as (event, []) or (None, every problem of the object)."""
         try:
             return self.parse(obj), []
-        except UnknownKind as exc:
-            return None, [exc.problem]
-        except BadExtensions as exc:
+        except Refused as exc:
             return None, exc.problems
         except ValidationError as exc:
             return None, problems_from_validation(exc)

@@ -64,8 +64,6 @@ class Kpis(EventKind):
     model: ClassVar[builtins.type[CloudEvent]] = KpiEvent
     description: ClassVar[str] = "A KPI's actual for one period, reported by one of its reporters"
     codes: ClassVar[tuple[str, ...]] = ("unknown_kpi", "bad_subject", "future_period", "wrong_unit")
-    refs: ClassVar[tuple[str, ...]] = ("kpi",)
-    table: ClassVar[sa.Table | None] = KPI_OBSERVATION
 
     def check(
         self, event: Any, *, catalogue: Catalogue, column: str, authority: str | None

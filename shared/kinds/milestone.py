@@ -64,8 +64,6 @@ class Milestones(EventKind):
     model: ClassVar[builtins.type[CloudEvent]] = MilestoneEvent
     description: ClassVar[str] = "A milestone's status, reported by a partner of its proposal"
     codes: ClassVar[tuple[str, ...]] = ("unknown_proposal", "unknown_milestone", "bad_subject")
-    refs: ClassVar[tuple[str, ...]] = ("milestone",)
-    table: ClassVar[sa.Table | None] = MILESTONE_STATE
 
     def check(
         self, event: Any, *, catalogue: Catalogue, column: str, authority: str | None
