@@ -16,6 +16,10 @@ DLQ_SUBJECTS = "cotn.dlq.>"
 STATUS_STREAM = "COTN_STATUS"
 STATUS_SUBJECTS = "cotn.status.>"
 AGGREGATOR_DURABLE = "cotn-aggregator"
+CLAIMS_BUCKET = "COTN_EVENT_IDS"
+"""Key-value bucket of every accepted (source, id) and its content digest, kept for ever."""
+CLAIMS_STREAM = f"KV_{CLAIMS_BUCKET}"
+CLAIMS_SUBJECTS = f"$KV.{CLAIMS_BUCKET}.>"
 
 MSG_ID_HEADER = "Nats-Msg-Id"
 CONTENT_TYPE = "application/cloudevents+json"
@@ -107,9 +111,37 @@ def side_stream_configs(settings: StreamSettings) -> list[StreamConfig]:
     ]
 
 
+def claims_bucket_config(settings: StreamSettings) -> StreamConfig:
+    """The stream behind the claims bucket, as nats-py's ``create_key_value`` makes one.
+
+    One value per key (``max_msgs_per_subject=1``) and no age limit: a column service
+    answers 409 to a changed resend of an id for as long as the programme runs, long after
+    the events stream's duplicate window and ``max_age``. Claims are small (a digest and a
+    time), so a million events need about 250 MB.
+    """
+    return StreamConfig(
+        name=CLAIMS_STREAM,
+        description="Each accepted (source, id) with its content digest: changed resends are 409s",
+        subjects=[CLAIMS_SUBJECTS],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.NEW,
+        max_msgs_per_subject=1,
+        max_msg_size=1024,
+        max_bytes=settings.max_bytes,
+        num_replicas=settings.replicas,
+        duplicate_window=settings.duplicate_window_seconds,
+        allow_direct=True,
+        allow_rollup_hdrs=True,
+        deny_delete=True,
+    )
+
+
 async def ensure_streams(js: JetStreamContext, settings: StreamSettings) -> None:
-    """Create the project's streams, or bring their configuration up to date."""
-    for config in [events_stream_config(settings), *side_stream_configs(settings)]:
+    """Create the project's streams and the claims bucket, or bring their configuration up
+    to date."""
+    configs = [events_stream_config(settings), *side_stream_configs(settings)]
+    for config in [*configs, claims_bucket_config(settings)]:
         assert config.name is not None
         try:
             await js.stream_info(config.name)

@@ -8,8 +8,10 @@ there and in :mod:`shared.validation`.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
+from datetime import UTC
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -169,3 +171,15 @@ class CloudEvent(Frozen):
     def key(self) -> tuple[str, str]:
         """The event's identity: sending the same pair again stores nothing new."""
         return (self.source, self.id)
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the event's canonical JSON: equal for the same event however it was
+        written (any offset of the same instant, optional attributes null or left out).
+
+        The column services compare it with the claim of an earlier (``source``, ``id``);
+        the aggregator with the stored event's."""
+        event = self
+        if self.time.utcoffset():
+            event = self.model_copy(update={"time": self.time.astimezone(UTC)})
+        return hashlib.sha256(event.model_dump_json(exclude_none=True).encode()).hexdigest()

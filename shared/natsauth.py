@@ -35,6 +35,8 @@ from pydantic_settings import BaseSettings
 
 from shared.bus import (
     AGGREGATOR_DURABLE,
+    CLAIMS_STREAM,
+    CLAIMS_SUBJECTS,
     DLQ_SUBJECTS,
     EVENTS_STREAM,
     STATUS_SUBJECTS,
@@ -142,9 +144,16 @@ def admin_permissions() -> Permissions:
 
 
 def ingest_permissions(column: str) -> Permissions:
-    """A column service: its own column's events, and the events stream's info."""
+    """A column service: its own column's events, the events stream's info, and the claims
+    bucket (claim, read and withdraw a claim; see services/ingest/claims.py)."""
     return Permissions(
-        publish=(f"cotn.events.{column}.>", f"$JS.API.STREAM.INFO.{EVENTS_STREAM}"),
+        publish=(
+            f"cotn.events.{column}.>",
+            f"$JS.API.STREAM.INFO.{EVENTS_STREAM}",
+            CLAIMS_SUBJECTS,
+            f"$JS.API.STREAM.INFO.{CLAIMS_STREAM}",
+            f"$JS.API.DIRECT.GET.{CLAIMS_STREAM}.{CLAIMS_SUBJECTS}",
+        ),
         subscribe=(f"{inbox_prefix(ingest_user(column))}.>",),
     )
 

@@ -35,7 +35,7 @@ from shared.deployment import (
     column_ports,
     prometheus_config,
 )
-from shared.natsauth import password_variable, user_names
+from shared.natsauth import ingest_permissions, password_variable, user_names
 from shared.natsserver import nats_server_binary
 
 REPO = Path(__file__).resolve().parents[1]
@@ -232,7 +232,13 @@ def test_the_new_column_has_a_nats_user_that_publishes_only_its_events(
     publish, subscribe = (yaml.safe_load(group) for group in user.groups())
     events = [subject for subject in publish if subject.startswith("cotn.")]
     assert events == ["cotn.events.skills.>"]
-    assert publish == ["cotn.events.skills.>", "$JS.API.STREAM.INFO.COTN_EVENTS"]
+    # Beside its events, the readiness probe's stream info and the claims bucket only.
+    assert publish == list(ingest_permissions(NEW_COLUMN).publish)
+    assert [s for s in publish if not s.startswith(("cotn.", "$KV.COTN_EVENT_IDS."))] == [
+        "$JS.API.STREAM.INFO.COTN_EVENTS",
+        "$JS.API.STREAM.INFO.KV_COTN_EVENT_IDS",
+        "$JS.API.DIRECT.GET.KV_COTN_EVENT_IDS.$KV.COTN_EVENT_IDS.>",
+    ]
     assert subscribe == ["_INBOX_cotn-ingest-skills.>"]
     # nats-server accepts the file, each password from its variable.
     columns = ["collaboration", "devolution", "business", NEW_COLUMN]

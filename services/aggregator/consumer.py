@@ -184,13 +184,6 @@ def stream_position(msg: Msg) -> tuple[int, datetime]:
     return meta.sequence.stream, meta.timestamp
 
 
-def event_digest(event: Any) -> str:
-    """SHA-256 of the event's canonical JSON: equal for the same event however it was written."""
-    if event.time.utcoffset():
-        event = event.model_copy(update={"time": event.time.astimezone(UTC)})
-    return hashlib.sha256(event.model_dump_json(exclude_none=True).encode()).hexdigest()
-
-
 def decode(msg: Msg, catalogue: Catalogue) -> NewEvent:
     """The rows one message stores; :class:`Unstorable` if it can never be stored.
 
@@ -229,7 +222,7 @@ def decode(msg: Msg, catalogue: Catalogue) -> NewEvent:
             "received_at": received_at,
             "data": obj["data"],
             "extensions": event.extensions or None,
-            "digest": event_digest(event),
+            "digest": event.digest,
         }
     )
 

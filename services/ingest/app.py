@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.ingest import openapi
 from services.ingest.metrics import IngestMetrics
-from services.ingest.problems import http_exception_handler
+from services.ingest.problems import ProblemError, http_exception_handler, problem_handler
 from services.ingest.publisher import EventBus
 from services.ingest.ratelimit import RateLimiter
 from services.ingest.router import IngestContext, router
@@ -90,6 +90,7 @@ def create_app(settings: IngestSettings, *, clock: Callable[[], datetime] = utc_
     )
     app.include_router(router)
     app.add_exception_handler(StarletteHTTPException, http_exception_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(ProblemError, problem_handler)  # type: ignore[arg-type]
     openapi.install(app)
     return app
 

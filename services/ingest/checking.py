@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
+from services.ingest.claims import Claim
 from services.ingest.metrics import UNKNOWN_TYPE
 from services.ingest.publisher import BusMessage
 from shared.bus import event_subject, msg_id
@@ -72,6 +73,9 @@ def _checked(index: int, event: CloudEvent, catalogue: Catalogue, column: str) -
         subject=event_subject(column, proposal, kind.name),
         msg_id=msg_id(event.source, event.id),
         payload=event.model_dump_json(exclude_none=True).encode(),
+        claim=Claim(
+            digest=event.digest, time=event.time.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        ),
     )
     return CheckedEvent(index, event.id, event.type, message)
 

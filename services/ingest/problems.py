@@ -27,6 +27,7 @@ TITLES = {
     "rate_limited": "Too many events",
     "misdirected": "Misdirected request",
     "invalid": "Invalid event",
+    "conflict": "Id already used by another event",
     "bus_unavailable": "Event bus unavailable",
 }
 REASONS = tuple(TITLES)
@@ -90,6 +91,11 @@ def problem_response(problem: ProblemError) -> JSONResponse:
         headers=problem.headers,
         media_type=PROBLEM_JSON,
     )
+
+
+async def problem_handler(request: Request, problem: ProblemError) -> JSONResponse:
+    """A refusal raised outside a handler's own ``try`` (a router dependency's)."""
+    return problem_response(problem)
 
 
 async def http_exception_handler(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -11,19 +11,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import nats.errors
 from faststream.exceptions import IncorrectState
 from faststream.nats import JStream, NatsBroker
 from nats.aio.client import Client
+from nats.js.kv import KeyValue
 
+from services.ingest.claims import Claim, Claimed, claim, withdraw
 from services.ingest.settings import IngestSettings
-from shared.bus import CONTENT_TYPE, EVENTS_STREAM, MSG_ID_HEADER, ensure_streams, event_subject
+from shared.bus import (
+    CLAIMS_BUCKET,
+    CLAIMS_STREAM,
+    CONTENT_TYPE,
+    EVENTS_STREAM,
+    MSG_ID_HEADER,
+    ensure_streams,
+    event_subject,
+)
 from shared.kinds import KINDS
 
 log = logging.getLogger("cotn.ingest.bus")
@@ -37,9 +47,20 @@ CONTENT_TYPE_HEADER = "content-type"
 
 PROBE_TIMEOUT = 1.0
 
+T = TypeVar("T")
+
 
 class BusUnavailable(Exception):
     """The bus did not acknowledge every event of a request."""
+
+
+class Conflicts(Exception):
+    """Ids of the request held by events with other content; nothing was published."""
+
+    def __init__(self, held: dict[int, Claim]) -> None:
+        super().__init__(f"{len(held)} ids are held by other events")
+        self.held = held
+        """By position in the request's messages, the claim that holds each id."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +68,7 @@ class BusMessage:
     subject: str
     msg_id: str
     payload: bytes
+    claim: Claim
 
 
 class BackgroundNatsBroker(NatsBroker):
@@ -121,6 +143,7 @@ class EventBus:
         self._in_flight = asyncio.Semaphore(settings.max_in_flight)
         self._warned = False
         self._manage_streams = settings.manage_streams
+        self._bucket: KeyValue | None = None
         self.broker = BackgroundNatsBroker(
             settings.nats_servers,  # one URL, or the seeds of a cluster
             name=f"cotn-ingest-{settings.column}",
@@ -171,46 +194,104 @@ class EventBus:
             return None
 
     async def unready_reason(self) -> str | None:
-        """None when the bus is connected and the events stream answers, else why not."""
+        """None when the bus is connected and the events stream and the claims bucket
+        answer, else why not."""
         client = self._client()
         if client is None or not client.is_connected:
             return "not connected to NATS"
-        try:
-            await client.jetstream(timeout=PROBE_TIMEOUT).stream_info(EVENTS_STREAM)
-        except BUS_ERRORS as exc:
-            return f"stream {EVENTS_STREAM} does not answer: {exc!r}"
+        js = client.jetstream(timeout=PROBE_TIMEOUT)
+        for stream in (EVENTS_STREAM, CLAIMS_STREAM):
+            try:
+                await js.stream_info(stream)
+            except BUS_ERRORS as exc:
+                return f"stream {stream} does not answer: {exc!r}"
         return None
 
     async def publish(self, messages: Sequence[BusMessage]) -> list[bool]:
-        """Publish every message, many acks in flight; True where the stream had it already.
+        """Claim every message's id, then publish them all, many acks in flight; True where
+        the event was sent before (the same content under the same id).
 
-        Raises :class:`BusUnavailable` unless every message is acknowledged. Messages that
-        did land are harmless: the client retries with the same ids and the stream's
-        duplicate window drops them.
+        Raises :class:`Conflicts` when an id is held by other content, and
+        :class:`BusUnavailable` unless every claim and publish is acknowledged. Claims made
+        are withdrawn when nothing was published; once publishing began they stay (an event
+        may have landed without its ack reaching us), and the client's retry with the same
+        events is then a resend.
         """
         client = self._client()
         if client is None or not client.is_connected:
             # Refuse before sending: nats-py would buffer and deliver after we answered.
             raise BusUnavailable("not connected to NATS")
-        results = await asyncio.gather(*(self._publish_one(m) for m in messages))
-        failures = [r for r in results if isinstance(r, Exception)]
-        if failures:
-            raise BusUnavailable(
-                f"{len(failures)} of {len(messages)} events not acknowledged ({failures[0]!r})"
+        try:
+            bucket = self._bucket or await client.jetstream(timeout=self._timeout).key_value(
+                CLAIMS_BUCKET
             )
-        return [r for r in results if isinstance(r, bool)]
+        except BUS_ERRORS as exc:
+            raise BusUnavailable(
+                f"the claims bucket {CLAIMS_BUCKET} does not answer ({exc!r})"
+            ) from exc
+        self._bucket = bucket
+        claims = await self._each(claim(bucket, m.msg_id, m.claim) for m in messages)
+        made = {
+            i: c.revision
+            for i, c in enumerate(claims)
+            if isinstance(c, Claimed) and c.revision is not None
+        }
+        if failures := [c for c in claims if isinstance(c, Exception)]:
+            await self._withdraw(bucket, messages, made)
+            raise BusUnavailable(_unacknowledged(failures, messages, "claims"))
+        held = {
+            i: c.held
+            for i, c in enumerate(claims)
+            if isinstance(c, Claimed)
+            and c.held is not None
+            and c.held.digest != messages[i].claim.digest
+        }
+        if held:
+            await self._withdraw(bucket, messages, made)
+            raise Conflicts(held)
+        acks = await self._each(self._publish_one(m) for m in messages)
+        if failures := [a for a in acks if isinstance(a, Exception)]:
+            raise BusUnavailable(_unacknowledged(failures, messages, "events"))
+        return [bool(ack) or i not in made for i, ack in enumerate(acks)]
 
-    async def _publish_one(self, message: BusMessage) -> bool | Exception:
-        async with self._in_flight:
-            try:
-                ack = await self.broker.publish(
-                    message.payload,
-                    message.subject,
-                    headers={CONTENT_TYPE_HEADER: CONTENT_TYPE, MSG_ID_HEADER: message.msg_id},
-                    correlation_id=message.msg_id,
-                    stream=EVENTS_STREAM,
-                    timeout=self._timeout,
-                )
-            except BUS_ERRORS as exc:
-                return exc
+    async def _each(self, work: Iterable[Awaitable[T]]) -> list[T | Exception]:
+        """Run every call, at most ``max_in_flight`` at a time; a bus error is returned."""
+
+        async def bounded(call: Awaitable[T]) -> T | Exception:
+            async with self._in_flight:
+                try:
+                    return await call
+                except BUS_ERRORS as exc:
+                    return exc
+
+        return await asyncio.gather(*(bounded(call) for call in work))
+
+    async def _withdraw(
+        self, bucket: KeyValue, messages: Sequence[BusMessage], made: dict[int, int]
+    ) -> None:
+        failed = [
+            r
+            for r in await self._each(
+                withdraw(bucket, messages[i].msg_id, rev) for i, rev in made.items()
+            )
+            if isinstance(r, Exception)
+        ]
+        if failed:  # the claims stay: a resend of the same events works, another id's is a 409
+            log.warning("could not withdraw %d claims (%r)", len(failed), failed[0])
+
+    async def _publish_one(self, message: BusMessage) -> bool:
+        ack = await self.broker.publish(
+            message.payload,
+            message.subject,
+            headers={CONTENT_TYPE_HEADER: CONTENT_TYPE, MSG_ID_HEADER: message.msg_id},
+            correlation_id=message.msg_id,
+            stream=EVENTS_STREAM,
+            timeout=self._timeout,
+        )
         return bool(ack.duplicate)
+
+
+def _unacknowledged(
+    failures: Sequence[Exception], messages: Sequence[BusMessage], what: str
+) -> str:
+    return f"{len(failures)} of {len(messages)} {what} not acknowledged ({failures[0]!r})"

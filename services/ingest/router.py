@@ -35,7 +35,7 @@ from services.ingest.decoding import (
 )
 from services.ingest.metrics import UNKNOWN_AUTHORITY, IngestMetrics
 from services.ingest.problems import ProblemError, problem_response
-from services.ingest.publisher import BusUnavailable, EventBus
+from services.ingest.publisher import BusUnavailable, Conflicts, EventBus
 from services.ingest.ratelimit import RateLimiter
 from services.ingest.settings import IngestSettings
 from shared.catalogue import Catalogue
@@ -79,7 +79,25 @@ Credentials = Annotated[
     Depends(HTTPBearer(auto_error=False, description="A token issued by `cotn token create`")),
 ]
 
-router = APIRouter()
+
+async def no_query_parameters(request: Request) -> None:
+    """No endpoint of a column service takes a query parameter: one sent is a 422, not
+    ignored (a client that thinks it filters or selects something should learn it does not)."""
+    if names := sorted(set(request.query_params)):
+        raise ProblemError(
+            422,
+            "invalid",
+            f"unknown query parameter {', '.join(names)}: this endpoint takes none",
+            errors=[
+                Problem(f"query.{name}", "is not a parameter of this endpoint") for name in names
+            ],
+        )
+
+
+router = APIRouter(dependencies=[Depends(no_query_parameters)])
+UNKNOWN_QUERY: dict[int | str, dict[str, Any]] = {
+    422: openapi.problem("A query parameter was sent; this endpoint takes none")
+}
 
 
 @router.post(
@@ -101,7 +119,13 @@ router = APIRouter()
         421: openapi.problem(
             "The request's Cotn-Column header names another column; nothing was published"
         ),
-        422: openapi.problem("An event is invalid; nothing was published"),
+        409: openapi.problem(
+            "An event's (source, id) was accepted before with other content; nothing was "
+            "published. The problem names the time of the event that holds the id"
+        ),
+        422: openapi.problem(
+            "An event is invalid, or a query parameter was sent; nothing was published"
+        ),
         429: openapi.problem(
             "The token sent more events than its rate limit allows; nothing was published",
             {"Retry-After": "Seconds until the whole request fits the limit"},
@@ -162,6 +186,8 @@ async def _ingest(request: Request, context: IngestContext, token: TokenRecord) 
         return _result(batch, [], context.metrics, token.authority)
     try:
         already_stored = await context.bus.publish([c.message for c in batch.fresh])
+    except Conflicts as conflicts:
+        raise _conflict(batch, raws, conflicts) from None
     except BusUnavailable as exc:
         raise ProblemError(
             503,
@@ -261,6 +287,27 @@ def _refusal(batch: CheckedBatch, raws: Sequence[Any]) -> ProblemError:
     )
 
 
+def _conflict(batch: CheckedBatch, raws: Sequence[Any], conflicts: Conflicts) -> ProblemError:
+    held = sorted(conflicts.held.items())
+    errors = [
+        Problem(
+            "id",
+            f"this source and id name an event accepted before with other content (its time "
+            f"{claim.time}): an id names one event for ever, so send a correction under a new id",
+            status=409,
+        ).at(batch.fresh[position].index, batch.fresh[position].id)
+        for position, claim in held
+    ]
+    return ProblemError(
+        409,
+        "conflict",
+        f"{len(errors)} of {len(raws)} events reuse the id of an event accepted before with "
+        f"other content (the first, of time {held[0][1].time}); nothing was published",
+        errors=errors,
+        rejected_types=[raw_type(r) for r in raws],
+    )
+
+
 def _result(
     batch: CheckedBatch, already_stored: list[bool], metrics: IngestMetrics, authority: str
 ) -> IngestResult:
@@ -284,7 +331,7 @@ def _count_refusal(metrics: IngestMetrics, problem: ProblemError, authority: str
         metrics.count_events(authority, event_type, "rejected", n)
 
 
-@router.get("/healthz", summary="Liveness: the process answers")
+@router.get("/healthz", summary="Liveness: the process answers", responses=UNKNOWN_QUERY)
 async def healthz() -> dict[str, str]:
     """Always 200 while the process serves HTTP, whatever the state of NATS."""
     return {"status": "ok"}
@@ -293,7 +340,7 @@ async def healthz() -> dict[str, str]:
 @router.get(
     "/readyz",
     summary="Readiness: connected to NATS and the events stream answers",
-    responses={503: {"description": "Not ready; `reason` says why"}},
+    responses={503: {"description": "Not ready; `reason` says why"}, **UNKNOWN_QUERY},
 )
 async def readyz(context: Context) -> JSONResponse:
     """200 when events can be accepted, 503 with the reason otherwise."""
@@ -303,7 +350,9 @@ async def readyz(context: Context) -> JSONResponse:
     return JSONResponse({"status": "ready"})
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get(
+    "/metrics", summary="Prometheus metrics", response_class=Response, responses=UNKNOWN_QUERY
+)
 async def metrics(context: Context) -> Response:
     """The service's own registry in the Prometheus text format."""
     return Response(generate_latest(context.metrics.registry), media_type=CONTENT_TYPE_LATEST)

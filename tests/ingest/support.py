@@ -36,6 +36,7 @@ PROBLEM_TITLES = {
     "rate_limited": "Too many events",
     "misdirected": "Misdirected request",
     "invalid": "Invalid event",
+    "conflict": "Id already used by another event",
     "bus_unavailable": "Event bus unavailable",
 }
 

@@ -14,6 +14,7 @@ from shared.tokens import TokenStore
 
 from .support import (
     CE_BATCH,
+    CE_JSON,
     SOURCE,
     Ingest,
     StreamProbe,
@@ -402,6 +403,33 @@ async def test_a_request_meant_for_another_column_is_421_and_publishes_nothing(
     here = milestone()
     answer = await service.post(here, headers={"Cotn-Column": "collaboration"})
     assert answer.status_code == 202, answer.text
+
+
+@pytest.mark.parametrize("path", ["/v1/events", "/healthz", "/readyz", "/metrics"])
+async def test_a_query_parameter_is_422_naming_it_and_publishes_nothing(
+    service: Ingest, stream: StreamProbe, path: str
+) -> None:
+    event = milestone()
+    headers = {"authorization": f"Bearer {service.token}", "content-type": CE_JSON}
+    if path == "/v1/events":
+        response = await service.client.post(
+            path, params={"proposal": "2b", "dry_run": "1"}, json=event, headers=headers
+        )
+    else:
+        response = await service.client.get(path, params={"proposal": "2b", "dry_run": "1"})
+
+    reason = "is not a parameter of this endpoint"
+    problem = assert_problem(
+        response,
+        422,
+        "invalid",
+        errors=[
+            {"index": None, "id": None, "field": "query.dry_run", "reason": reason},
+            {"index": None, "id": None, "field": "query.proposal", "reason": reason},
+        ],
+    )
+    assert "dry_run, proposal" in problem["detail"]
+    assert await stream.landed([event["id"]]) == []
 
 
 async def test_kpi_return_for_a_period_not_yet_begun_is_422(

@@ -106,7 +106,7 @@ def test_openapi_documents_the_events_endpoint(tmp_path: Path) -> None:
         "application/json",
         "application/cloudevents-batch+json",
     }
-    statuses = {"202", "400", "401", "403", "413", "415", "421", "422", "429", "503"}
+    statuses = {"202", "400", "401", "403", "409", "413", "415", "421", "422", "429", "503"}
     assert set(operation["responses"]) == statuses
     problem = operation["responses"]["422"]["content"]["application/problem+json"]["schema"]
     assert problem == {"$ref": "#/components/schemas/ProblemDetails"}

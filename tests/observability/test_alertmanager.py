@@ -169,7 +169,9 @@ def test_a_red_proposal_inhibits_its_own_amber_alerts(alertmanager: str) -> None
     assert [r["name"] for r in found["red"]["receivers"]] == ["column-business"]
 
 
-@pytest.mark.parametrize("outage", ["ServiceDown", "AggregatorDatabaseDown"])
+@pytest.mark.parametrize(
+    "outage", ["ServiceDown", "AggregatorDatabaseDown", "AggregatorBusUnreachable"]
+)
 def test_the_aggregator_down_inhibits_what_it_computes(alertmanager: str, outage: str) -> None:
     found = post_and_read(
         alertmanager,

@@ -27,6 +27,7 @@ EXPECTED_ALERTS = {
     "AggregatorBacklogGrowing",
     "DeadLetters",
     "AggregatorDatabaseDown",
+    "AggregatorBusUnreachable",
     "ServiceDown",
 }
 PROPOSAL_ALERTS = {"ProposalStalled", "MilestoneOverdue", "ProposalRed"}

@@ -6,6 +6,11 @@ in-process (its own lifespan, httpx over ASGI) on a nats-server of this module's
 "nothing published" is exact: the streams stay empty through the corpus, and the one valid
 event posted at the end is the only message they ever hold.
 
+Conflicting resends reuse ids the fixture claims up front in the claims bucket, as if
+events of other content had been accepted under them: each is a 409, and a batch holding
+one withdraws the claims of its other events, so the bucket ends with the fixture's claims
+only.
+
 Hypothesis generates the requests, derandomized and with a bounded number of examples per
 kind of mistake, so the corpus is the same on every run; the last test checks that it held
 at least 500 requests and every kind.
@@ -29,8 +34,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.bus import DLQ_STREAM, EVENTS_STREAM, STATUS_STREAM
+from services.ingest.claims import Claim, claim_key
+from shared.bus import CLAIMS_BUCKET, DLQ_STREAM, EVENTS_STREAM, STATUS_STREAM, msg_id
 from shared.catalogue import load_catalogue
+from shared.events import CloudEvent
 from shared.kinds import KINDS as EVENT_KINDS
 from shared.natsserver import NatsServer
 from shared.tokens import TokenStore
@@ -42,8 +49,13 @@ KPI_REPORTER = "northern-gritstone"  # may report early-stage-finance (evidences
 MAX_BATCH = 500
 MAX_BODY = 256 * 1024
 EXAMPLES = 32
-"""Examples per kind of mistake: 21 kinds x 32 = 672 requests."""
+"""Examples per kind of mistake: 23 kinds x 32 = 736 requests."""
 MINIMUM_CORPUS = 500
+
+CLOUD_EVENT_ATTRIBUTES = set(CloudEvent.model_fields)
+HELD = tuple(f"held-{n}" for n in range(8))
+"""Ids claimed before the corpus runs, by an event of other content accepted at HELD_TIME."""
+HELD_TIME = "2025-06-01T09:00:00Z"
 
 SENT: Counter[str] = Counter()
 """Requests sent per kind, for the last test."""
@@ -89,7 +101,12 @@ async def corpus(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Corp
         async with running(config, tokens[REPORTER]) as service:
             connection = await nats.connect(server.url)
             try:
-                yield Corpus(service, tokens, connection.jetstream())
+                js = connection.jetstream()
+                bucket = await js.key_value(CLAIMS_BUCKET)
+                held = Claim(digest="0" * 64, time=HELD_TIME)
+                for event_id in HELD:
+                    await bucket.create(claim_key(msg_id(REPORTER, event_id)), held.encode())
+                yield Corpus(service, tokens, js)
             finally:
                 await connection.close()
     finally:
@@ -157,7 +174,7 @@ def assert_problem(response: httpx.Response, expect: frozenset[int], kind: str) 
     assert problem["status"] == status
     assert isinstance(problem["title"], str) and problem["title"]
     assert isinstance(problem["errors"], list)
-    if status in (403, 422) and problem["errors"]:
+    if status in (403, 409, 422) and problem["errors"]:
         assert all({"index", "id", "field", "reason"} <= set(e) for e in problem["errors"])
 
 
@@ -533,6 +550,34 @@ def too_many_extensions(draw: st.DrawFn) -> Bad:
 
 
 @st.composite
+def extension_attributes(draw: st.DrawFn) -> Bad:
+    """Valid extensions (as a broker adds them) beside one fault elsewhere: still refused."""
+    extensions = draw(
+        st.dictionaries(
+            st.text(string.ascii_lowercase + string.digits, min_size=1, max_size=20).filter(
+                lambda n: n not in CLOUD_EVENT_ATTRIBUTES
+            ),
+            st.one_of(st.booleans(), st.integers(-(2**31), 2**31 - 1), TEXT, st.none()),
+            max_size=8,
+        )
+    )
+    fault = draw(st.sampled_from(["data.status", "data.proposal", "time", "specversion"]))
+    return bad(at_path(milestone(draw(ids)), fault, "nonsense") | extensions)
+
+
+@st.composite
+def conflicting_resend(draw: st.DrawFn) -> Bad:
+    """A held id sent with other content: alone, or in a batch of otherwise new events."""
+    note = draw(st.text(string.ascii_letters + string.digits + " ", max_size=40))
+    event = milestone(draw(st.sampled_from(HELD)), note=note)
+    if draw(st.booleans()):
+        return bad(event, 409)
+    others = [milestone(draw(ids)) for _ in range(draw(st.integers(1, 5)))]
+    at = draw(st.integers(0, len(others)))
+    return bad([*others[:at], event, *others[at:]], 409, content_type=CE_BATCH)
+
+
+@st.composite
 def bad_token(draw: st.DrawFn) -> Bad:
     secret = draw(st.text(string.ascii_letters + string.digits + "-_", min_size=0, max_size=60))
     authorization = draw(
@@ -596,6 +641,8 @@ KINDS: dict[str, Callable[[], st.SearchStrategy[Bad]]] = {
     "control characters": control_characters,
     "unknown attribute": unknown_attribute,
     "too many extensions": too_many_extensions,
+    "valid extensions beside a fault": extension_attributes,
+    "conflicting resend": conflicting_resend,
     "unknown or malformed token": bad_token,
     "bad binary mode": bad_binary_mode,
 }
@@ -624,6 +671,12 @@ async def test_every_malformed_request_is_a_4xx_problem_and_publishes_nothing(
 
 async def test_nothing_reached_any_stream(corpus: Corpus) -> None:
     assert await stream_messages(corpus.js) == {EVENTS_STREAM: 0, DLQ_STREAM: 0, STATUS_STREAM: 0}
+
+
+async def test_refused_requests_left_no_claim(corpus: Corpus) -> None:
+    bucket = await corpus.js.key_value(CLAIMS_BUCKET)
+    expected = {claim_key(msg_id(REPORTER, event_id)) for event_id in HELD}
+    assert set(await bucket.keys()) == expected
 
 
 async def test_the_corpus_covered_every_kind_and_at_least_500_requests(corpus: Corpus) -> None:

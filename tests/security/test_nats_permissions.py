@@ -35,8 +35,15 @@ from services.cli.main import app as cotn
 from services.cli.nats import DEPLOY_CONFIG, deployment_config, setup_bus
 from services.cli.run import plan_stack
 from services.cli.supervisor import Part, Supervisor
+from services.ingest.claims import Claim, claim, claim_key, withdraw
 from services.ingest.settings import IngestSettings
-from shared.bus import AGGREGATOR_DURABLE, EVENTS_STREAM, STATUS_STREAM
+from shared.bus import (
+    AGGREGATOR_DURABLE,
+    CLAIMS_BUCKET,
+    CLAIMS_STREAM,
+    EVENTS_STREAM,
+    STATUS_STREAM,
+)
 from shared.catalogue import DEFAULT_CATALOGUE, Catalogue
 from shared.natsauth import (
     ADMIN_USER,
@@ -164,7 +171,33 @@ async def test_a_column_service_publishes_its_own_column_but_not_another(
     assert await last_seq(server, passwords, EVENTS_STREAM) == before + 1
 
 
+async def test_a_column_service_claims_reads_and_withdraws_ids(
+    server: NatsServer, passwords: dict[str, str]
+) -> None:
+    identity = "greater-manchester:perm-1"
+    first, other = Claim("a" * 64, "2025-06-01T09:00:00Z"), Claim("b" * 64, "2025-06-02T09:00:00Z")
+    async with connected(server, ingest_user("collaboration"), passwords) as (client, _):
+        bucket = await client.jetstream(timeout=5).key_value(CLAIMS_BUCKET)
+        made = await claim(bucket, identity, first)
+        assert made.revision is not None
+        assert (await claim(bucket, identity, other)).held == first  # read back (direct get)
+        await withdraw(bucket, identity, made.revision)
+        assert (await claim(bucket, identity, other)).revision is not None
+
+
+async def test_the_aggregator_cannot_claim_ids(
+    server: NatsServer, passwords: dict[str, str]
+) -> None:
+    async with connected(server, AGGREGATOR_USER, passwords) as (client, session):
+        await assert_publish_refused(
+            client, session, f"$KV.{CLAIMS_BUCKET}.{claim_key('np11:x')}", CLAIMS_STREAM
+        )
+
+
 MANAGEMENT = [
+    f"$JS.API.STREAM.DELETE.{CLAIMS_STREAM}",
+    f"$JS.API.STREAM.PURGE.{CLAIMS_STREAM}",
+    f"$JS.API.STREAM.UPDATE.{CLAIMS_STREAM}",
     f"$JS.API.STREAM.DELETE.{EVENTS_STREAM}",
     f"$JS.API.STREAM.PURGE.{EVENTS_STREAM}",
     f"$JS.API.STREAM.UPDATE.{EVENTS_STREAM}",

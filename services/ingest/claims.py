@@ -1,0 +1,79 @@
+"""Claims: each accepted (``source``, ``id``) and its content, held for ever on the bus.
+
+JetStream's duplicate window tells a resend from a new event for two minutes only, and the
+aggregator, which keeps every event, is not asked before a column service answers. So before
+it publishes, a column service *claims* each event's identity in the key-value bucket
+``COTN_EVENT_IDS`` (:data:`shared.bus.CLAIMS_BUCKET`), create-only:
+
+- no claim yet: the claim is made and the event published (``accepted``);
+- a claim with the same content digest: a resend (``duplicates``), published again so an
+  event whose first publish was cut short still lands (the stream or the aggregator drops it
+  otherwise);
+- a claim with another digest: a conflict, answered ``409`` naming the time of the event
+  that holds the id; nothing of the request is published.
+
+A request that is refused after some of its claims were made (a conflict elsewhere in the
+batch, or the bus failing to take an event) withdraws those claims, so a corrected resend of
+an event that was never published is not a conflict. A service that dies between claim and
+publish leaves its claim: the same event sent again is published then; another with that id
+is a 409 (the guarantees in docs/runbook.md say so).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What the bucket keeps of an accepted event: its content digest and its ``time``."""
+
+    digest: str
+    time: str
+    """The event's ``time`` (RFC 3339, UTC), which the 409 names."""
+
+    def encode(self) -> bytes:
+        return json.dumps({"digest": self.digest, "time": self.time}).encode()
+
+    @classmethod
+    def decode(cls, value: bytes | None) -> Claim:
+        raw = json.loads(value or b"{}")
+        return cls(digest=str(raw.get("digest", "")), time=str(raw.get("time", "unknown")))
+
+
+def claim_key(msg_id: str) -> str:
+    """The bucket key of an event identity: key-value keys are subject tokens, ids any text."""
+    return hashlib.sha256(msg_id.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """The outcome of one claim: made now (``revision``), or held already (``held``)."""
+
+    revision: int | None = None
+    held: Claim | None = None
+
+
+async def claim(bucket: KeyValue, msg_id: str, wanted: Claim) -> Claimed:
+    """Claim ``msg_id`` for ``wanted`` unless some event holds it already."""
+    key = claim_key(msg_id)
+    while True:
+        try:
+            return Claimed(revision=await bucket.create(key, wanted.encode()))
+        except KeyWrongLastSequenceError:
+            pass
+        try:
+            entry = await bucket.get(key)
+        except KeyNotFoundError:
+            continue  # withdrawn between the two calls: claim it again
+        return Claimed(held=Claim.decode(entry.value))
+
+
+async def withdraw(bucket: KeyValue, msg_id: str, revision: int) -> None:
+    """Withdraw a claim made by this request, unless another has replaced it since."""
+    await bucket.delete(claim_key(msg_id), last=revision)
