@@ -16,7 +16,7 @@ A request that is refused after some of its claims were made (a conflict elsewhe
 batch, or the bus failing to take an event) withdraws those claims, so a corrected resend of
 an event that was never published is not a conflict. A service that dies between claim and
 publish leaves its claim: the same event sent again is published then; another with that id
-is a 409 (the guarantees in docs/runbook.md say so).
+is a 409 (the README's Guarantees say so).
 """
 
 from __future__ import annotations
