@@ -73,6 +73,8 @@ class StreamSettings:
     # The database is the permanent record; the stream is a durable buffer and a replay
     # source for 30 days, so a full disk cannot stop ingestion for good.
     max_age_seconds: float = 30 * 86400
+    # A claim takes about 300 bytes on disk: 512 MiB hold some 1.7 million events' ids.
+    claims_max_bytes: int = 512 * 1024**2
 
 
 def events_stream_config(settings: StreamSettings) -> StreamConfig:
@@ -116,8 +118,9 @@ def claims_bucket_config(settings: StreamSettings) -> StreamConfig:
 
     One value per key (``max_msgs_per_subject=1``) and no age limit: a column service
     answers 409 to a changed resend of an id for as long as the programme runs, long after
-    the events stream's duplicate window and ``max_age``. Claims are small (a digest and a
-    time), so a million events need about 250 MB.
+    the events stream's duplicate window and ``max_age``. Bounded in bytes like the other
+    streams (and within nats-server's ``max_file_store``): when full it refuses new claims,
+    and so new events, with 503s rather than forget old ones.
     """
     return StreamConfig(
         name=CLAIMS_STREAM,
@@ -128,12 +131,14 @@ def claims_bucket_config(settings: StreamSettings) -> StreamConfig:
         discard=DiscardPolicy.NEW,
         max_msgs_per_subject=1,
         max_msg_size=1024,
-        max_bytes=settings.max_bytes,
+        max_bytes=settings.claims_max_bytes,
         num_replicas=settings.replicas,
         duplicate_window=settings.duplicate_window_seconds,
         allow_direct=True,
         allow_rollup_hdrs=True,
         deny_delete=True,
+        # A request's claims are one atomic batch (nats-server 2.12+): one synced write.
+        allow_atomic=True,
     )
 
 

@@ -25,8 +25,16 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.api import Header
+from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
+
+from shared.bus import CLAIMS_BUCKET
+
+CLAIMS_PREFIX = f"$KV.{CLAIMS_BUCKET}."
+CREATE_ONLY: dict[str, str] = {Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value: "0"}
+"""The header that makes a publish to a key a create: refused if the key has a value."""
+_WRONG_LAST_SEQUENCE = (10071, 10164)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +59,16 @@ def claim_key(msg_id: str) -> str:
     return hashlib.sha256(msg_id.encode()).hexdigest()
 
 
+def claim_subject(msg_id: str) -> str:
+    """Where a create-only publish (with :data:`CREATE_ONLY`) claims ``msg_id``."""
+    return CLAIMS_PREFIX + claim_key(msg_id)
+
+
+def is_taken(error: object) -> bool:
+    """Whether a create-only publish was refused because the key has (or had) a value."""
+    return isinstance(error, APIError) and error.err_code in _WRONG_LAST_SEQUENCE
+
+
 @dataclass(frozen=True, slots=True)
 class Claimed:
     """The outcome of one claim: made now (``revision``), or held already (``held``)."""
@@ -60,17 +78,19 @@ class Claimed:
 
 
 async def claim(bucket: KeyValue, msg_id: str, wanted: Claim) -> Claimed:
-    """Claim ``msg_id`` for ``wanted`` unless some event holds it already."""
+    """The claim that holds ``msg_id``, or ``wanted`` made now if none does.
+
+    The slow path, after a create-only publish was refused: the key holds a claim (read it)
+    or only the marker of a withdrawn one (claim it over the marker)."""
     key = claim_key(msg_id)
     while True:
         try:
-            return Claimed(revision=await bucket.create(key, wanted.encode()))
-        except KeyWrongLastSequenceError:
-            pass
-        try:
             entry = await bucket.get(key)
-        except KeyNotFoundError:
-            continue  # withdrawn between the two calls: claim it again
+        except KeyNotFoundError:  # never claimed, or withdrawn
+            try:
+                return Claimed(revision=await bucket.create(key, wanted.encode()))
+            except KeyWrongLastSequenceError:
+                continue  # claimed meanwhile: read that claim
         return Claimed(held=Claim.decode(entry.value))
 
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 import nats.errors
 from faststream.exceptions import IncorrectState
@@ -23,7 +23,16 @@ from faststream.nats import JStream, NatsBroker
 from nats.aio.client import Client
 from nats.js.kv import KeyValue
 
-from services.ingest.claims import Claim, Claimed, claim, withdraw
+from services.ingest.acks import ATOMIC_BATCH_LIMIT, Ack, PendingAcks, Send
+from services.ingest.claims import (
+    CLAIMS_PREFIX,
+    CREATE_ONLY,
+    Claim,
+    claim,
+    claim_subject,
+    is_taken,
+    withdraw,
+)
 from services.ingest.settings import IngestSettings
 from shared.bus import (
     CLAIMS_BUCKET,
@@ -46,8 +55,6 @@ BUS_ERRORS = (nats.errors.Error, TimeoutError, IncorrectState)
 CONTENT_TYPE_HEADER = "content-type"
 
 PROBE_TIMEOUT = 1.0
-
-T = TypeVar("T")
 
 
 class BusUnavailable(Exception):
@@ -134,15 +141,17 @@ def declare_event_channels(broker: NatsBroker, column: str) -> None:
 
 
 class EventBus:
-    """Publishes accepted events to the events stream, each with its JetStream ack."""
+    """Claims accepted events' ids (services/ingest/claims.py), then publishes the events to
+    the events stream, each with its JetStream ack."""
 
     def __init__(self, settings: IngestSettings) -> None:
         self._stream_settings = settings.stream_settings()
         self._timeout = settings.publish_timeout_seconds
         self._retry_wait = settings.reconnect_wait_seconds
-        self._in_flight = asyncio.Semaphore(settings.max_in_flight)
+        self._max_in_flight = settings.max_in_flight
         self._warned = False
         self._manage_streams = settings.manage_streams
+        self._acks: PendingAcks | None = None
         self._bucket: KeyValue | None = None
         self.broker = BackgroundNatsBroker(
             settings.nats_servers,  # one URL, or the seeds of a cluster
@@ -207,91 +216,127 @@ class EventBus:
                 return f"stream {stream} does not answer: {exc!r}"
         return None
 
+    def _bus(self, client: Client) -> tuple[PendingAcks, KeyValue]:
+        """The connection's acks (one reply subscription for every publish) and the claims
+        bucket, for the slow path."""
+        if self._acks is None or self._acks.client is not client:
+            self._acks = PendingAcks(client, max_pending=self._max_in_flight, timeout=self._timeout)
+            js = client.jetstream(timeout=self._timeout)
+            self._bucket = KeyValue(
+                name=CLAIMS_BUCKET, stream=CLAIMS_STREAM, pre=CLAIMS_PREFIX, js=js, direct=True
+            )
+        assert self._bucket is not None
+        return self._acks, self._bucket
+
     async def publish(self, messages: Sequence[BusMessage]) -> list[bool]:
-        """Claim every message's id, then publish them all, many acks in flight; True where
+        """Claim every message's id, then publish them all, many acks pending; True where
         the event was sent before (the same content under the same id).
 
         Raises :class:`Conflicts` when an id is held by other content, and
-        :class:`BusUnavailable` unless every claim and publish is acknowledged. Claims made
-        are withdrawn when nothing was published; once publishing began they stay (an event
-        may have landed without its ack reaching us), and the client's retry with the same
-        events is then a resend.
+        :class:`BusUnavailable` unless every claim and publish is acknowledged. The claims
+        this request made are withdrawn when nothing was published; once publishing began
+        they stay (an event may have landed without its ack reaching us), and the client's
+        retry with the same events is then a resend.
         """
         client = self._client()
         if client is None or not client.is_connected:
             # Refuse before sending: nats-py would buffer and deliver after we answered.
             raise BusUnavailable("not connected to NATS")
+        acks, bucket = self._bus(client)
+        made, taken = await self._claim_all(acks, bucket, messages)
         try:
-            bucket = self._bucket or await client.jetstream(timeout=self._timeout).key_value(
-                CLAIMS_BUCKET
+            held = await self._held(bucket, messages, taken, made)
+            if held:
+                raise Conflicts(held)
+        except (BusUnavailable, Conflicts):
+            await self._withdraw(bucket, messages, made)
+            raise
+        events = [
+            Send(
+                m.subject,
+                m.payload,
+                {CONTENT_TYPE_HEADER: CONTENT_TYPE, MSG_ID_HEADER: m.msg_id},
+                EVENTS_STREAM,
             )
+            for m in messages
+        ]
+        answers = await self._acked(acks, events)
+        if failures := [a for a in answers if not isinstance(a, Ack)]:
+            raise BusUnavailable(
+                f"{len(failures)} of {len(messages)} events not acknowledged ({failures[0]!r})"
+            )
+        return [a.duplicate or i not in made for i, a in enumerate(answers) if isinstance(a, Ack)]
+
+    async def _claim_all(
+        self, acks: PendingAcks, bucket: KeyValue, messages: Sequence[BusMessage]
+    ) -> tuple[dict[int, int], list[int]]:
+        """Claim every message's id in atomic batches: the claims made (position -> their
+        revision), and the positions of batches refused because some id has a claim."""
+        made: dict[int, int] = {}
+        taken: list[int] = []
+        for start in range(0, len(messages), ATOMIC_BATCH_LIMIT):
+            chunk = range(start, min(start + ATOMIC_BATCH_LIMIT, len(messages)))
+            sends = [
+                Send(
+                    claim_subject(messages[i].msg_id),
+                    messages[i].claim.encode(),
+                    CREATE_ONLY,
+                    CLAIMS_STREAM,
+                )
+                for i in chunk
+            ]
+            try:
+                answer = await acks.publish_atomic(sends)
+            except BUS_ERRORS as exc:
+                answer = exc
+            if isinstance(answer, Ack):
+                first = answer.seq - len(chunk) + 1
+                made.update({i: first + n for n, i in enumerate(chunk)})
+            elif is_taken(answer):
+                taken += chunk
+            else:
+                await self._withdraw(bucket, messages, made)
+                raise BusUnavailable(f"{len(messages)} claims not acknowledged ({answer!r})")
+        return made, taken
+
+    async def _held(
+        self,
+        bucket: KeyValue,
+        messages: Sequence[BusMessage],
+        taken: Sequence[int],
+        made: dict[int, int],
+    ) -> dict[int, Claim]:
+        """The claims held by other content among ``taken``, by position; ``made`` gains
+        the claims made here (ids of a refused batch that no claim held)."""
+        outcomes = await asyncio.gather(
+            *(claim(bucket, messages[i].msg_id, messages[i].claim) for i in taken),
+            return_exceptions=True,
+        )
+        held = {}
+        for i, outcome in zip(taken, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                raise BusUnavailable(f"a claim could not be read ({outcome!r})")
+            if outcome.revision is not None:
+                made[i] = outcome.revision
+            elif outcome.held is not None and outcome.held.digest != messages[i].claim.digest:
+                held[i] = outcome.held
+        return held
+
+    async def _acked(self, acks: PendingAcks, sends: Sequence[Send]) -> list[Ack | BaseException]:
+        try:
+            return await acks.publish_all(sends)
         except BUS_ERRORS as exc:
             raise BusUnavailable(
-                f"the claims bucket {CLAIMS_BUCKET} does not answer ({exc!r})"
+                f"{len(sends)} events not acknowledged within {self._timeout:g} s ({exc!r})"
             ) from exc
-        self._bucket = bucket
-        claims = await self._each(claim(bucket, m.msg_id, m.claim) for m in messages)
-        made = {
-            i: c.revision
-            for i, c in enumerate(claims)
-            if isinstance(c, Claimed) and c.revision is not None
-        }
-        if failures := [c for c in claims if isinstance(c, Exception)]:
-            await self._withdraw(bucket, messages, made)
-            raise BusUnavailable(_unacknowledged(failures, messages, "claims"))
-        held = {
-            i: c.held
-            for i, c in enumerate(claims)
-            if isinstance(c, Claimed)
-            and c.held is not None
-            and c.held.digest != messages[i].claim.digest
-        }
-        if held:
-            await self._withdraw(bucket, messages, made)
-            raise Conflicts(held)
-        acks = await self._each(self._publish_one(m) for m in messages)
-        if failures := [a for a in acks if isinstance(a, Exception)]:
-            raise BusUnavailable(_unacknowledged(failures, messages, "events"))
-        return [bool(ack) or i not in made for i, ack in enumerate(acks)]
-
-    async def _each(self, work: Iterable[Awaitable[T]]) -> list[T | Exception]:
-        """Run every call, at most ``max_in_flight`` at a time; a bus error is returned."""
-
-        async def bounded(call: Awaitable[T]) -> T | Exception:
-            async with self._in_flight:
-                try:
-                    return await call
-                except BUS_ERRORS as exc:
-                    return exc
-
-        return await asyncio.gather(*(bounded(call) for call in work))
 
     async def _withdraw(
         self, bucket: KeyValue, messages: Sequence[BusMessage], made: dict[int, int]
     ) -> None:
-        failed = [
-            r
-            for r in await self._each(
-                withdraw(bucket, messages[i].msg_id, rev) for i, rev in made.items()
-            )
-            if isinstance(r, Exception)
-        ]
-        if failed:  # the claims stay: a resend of the same events works, another id's is a 409
-            log.warning("could not withdraw %d claims (%r)", len(failed), failed[0])
-
-    async def _publish_one(self, message: BusMessage) -> bool:
-        ack = await self.broker.publish(
-            message.payload,
-            message.subject,
-            headers={CONTENT_TYPE_HEADER: CONTENT_TYPE, MSG_ID_HEADER: message.msg_id},
-            correlation_id=message.msg_id,
-            stream=EVENTS_STREAM,
-            timeout=self._timeout,
+        outcomes = await asyncio.gather(
+            *(withdraw(bucket, messages[i].msg_id, rev) for i, rev in made.items()),
+            return_exceptions=True,
         )
-        return bool(ack.duplicate)
-
-
-def _unacknowledged(
-    failures: Sequence[Exception], messages: Sequence[BusMessage], what: str
-) -> str:
-    return f"{len(failures)} of {len(messages)} {what} not acknowledged ({failures[0]!r})"
+        if failed := [o for o in outcomes if isinstance(o, BaseException)]:
+            # The claims stay: a resend of the same events works, another's under an id is a 409.
+            log.warning("could not withdraw %d claims (%r)", len(failed), failed[0])

@@ -170,3 +170,21 @@ def test_two_aggregators_share_one_postgresql_database_and_no_host_port() -> Non
         port.split(":")[0] for name in SERVICES for port in effective(name).get("ports", [])
     ]
     assert len(published) == len(set(published)), f"a host port is published twice: {published}"
+
+
+NATS_URL_OF = {SETS_UP_STREAMS: "COTN_NATS_ADMIN_URL"}
+
+
+@pytest.mark.parametrize("name", [SETS_UP_STREAMS, *NATS_CLIENTS])
+def test_every_client_is_given_every_node_as_a_seed_as_its_own_user(name: str) -> None:
+    """So a service starts while any one node is down (one seed only: it waits for that one)."""
+    prefix = "COTN_INGEST_" if name.startswith("ingest-") else "COTN_AGGREGATOR_"
+    variable = NATS_URL_OF.get(name, f"{prefix}NATS_URL")
+    seeds = environment(effective(name))[variable].split(",")
+    hosts = [re.fullmatch(r"nats://([\w-]+):\S+@([\w-]+):4222", seed) for seed in seeds]
+    assert all(hosts), seeds
+    assert sorted(h.group(2) for h in hosts if h) == sorted(NATS_SERVICES)
+    # The user of the single-node file, on every node.
+    base = BASE["services"].get(name) or BASE["services"]["aggregator"]  # aggregator-2 extends it
+    [user] = re.findall(r"nats://([\w-]+):", str(base["environment"][variable]).split(",")[0])
+    assert {h.group(1) for h in hosts if h} == {user}
