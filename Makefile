@@ -31,7 +31,7 @@ $(ST_STAMP): requirements-schemathesis.lock
 install: $(STAMP) $(ST_STAMP) ## Create .venv and install the locked dependencies
 
 .PHONY: run
-run: $(STAMP) ## Start the whole pipeline with a demo feed and a live board
+run: $(STAMP) ## Start the whole pipeline with a demo feed; prints the web board's address first
 	$(BIN)/cotn run --demo
 
 .PHONY: test

@@ -24,7 +24,7 @@ from typing import Any
 
 from rich.console import Console
 
-from bench import figures, scale
+from bench import figures, history, scale
 from bench.context import Context, Sizes
 from bench.harness import DEFAULT_PG, PG_ENV, ROOT, Bench, machine, pg_version, versions
 from bench.results import markdown, show, write
@@ -38,6 +38,7 @@ STEPS: dict[str, Step] = {
     "aggregator": figures.aggregator,
     "e2e": figures.e2e,
     "scale": scale.scale,
+    "history": history.history,
 }
 FIGURES: dict[str, list[str]] = {
     "bare": ["raw_publish", "raw_latency", "bare_loop"],
@@ -45,6 +46,7 @@ FIGURES: dict[str, list[str]] = {
     "aggregator": ["bare_loop", "aggregator"],
     "e2e": ["raw_publish", "e2e"],
     "scale": ["scale"],
+    "history": ["history"],
 }
 RESULTS_DIR = ROOT / "bench" / "results"
 

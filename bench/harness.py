@@ -443,6 +443,18 @@ class Bench:
         finally:
             service.stop()
 
+    @contextlib.asynccontextmanager
+    async def office(self, aggregator_url: str) -> AsyncIterator[Service]:
+        """The office web board over ``aggregator_url``, as ``cotn serve office`` runs it."""
+        port = free_port()
+        argv = cotn_argv(
+            *("serve", "office", "--port", str(port), "--log-level", "warning"),
+            *("--aggregator-url", aggregator_url, "--data-dir", str(self.path("office"))),
+        )
+        env = {"COTN_ENV": "development", "COTN_OFFICE_SECRET_KEY": "bench-session-key"}
+        async with self.service("office", argv, port, env) as service:
+            yield service
+
 
 def token_for(data_dir: Path, authority: str) -> str:
     return TokenStore.in_dir(data_dir).create(authority)[0]

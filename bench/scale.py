@@ -1,4 +1,5 @@
-"""Figure 5: the read side at scale, and ``cotn replay``.
+"""Figure 5: the read side at scale (the JSON board and the web board's pages), and
+``cotn replay``.
 
 A generated programme (``scale_proposals`` proposals, ten milestones each) is written as
 YAML and checked as ``cotn catalogue check`` would. ``scale_events`` events are stored
@@ -43,6 +44,26 @@ METRICS_P99 = Spec(
     baseline="bare_read_p99",
     goal=Goal("below", 200.0),
 )
+PAGE_P50 = Spec(
+    "programme_page_p50", "5 GET / (web board) p50 at scale", "ms", baseline="programme_p50"
+)
+PAGE_P99 = Spec(
+    "programme_page_p99",
+    "5 GET / (web board) p99 at scale",
+    "ms",
+    baseline="programme_p99",
+    goal=Goal("ratio_at_most", 1.5),
+)
+PROPOSAL_PAGE_P50 = Spec(
+    "proposal_page_p50", "5 GET /proposals/{id} (web) p50 at scale", "ms", baseline="programme_p50"
+)
+PROPOSAL_PAGE_P99 = Spec(
+    "proposal_page_p99",
+    "5 GET /proposals/{id} (web) p99 at scale",
+    "ms",
+    baseline="programme_p99",
+    goal=Goal("ratio_at_most", 1.5),
+)
 BARE_REBUILD = Spec("bare_rebuild", "5 bare SQL rebuild of the projections", "events/s")
 REPLAY = Spec(
     "replay",
@@ -82,10 +103,16 @@ async def scale(ctx: Context) -> None:
                     bare = await _bare_reads(url, sizes.read_requests)
                     programme = await _get(agg.url, "/v1/programme", sizes.read_requests)
                     metrics = await _get(agg.url, "/metrics", sizes.read_requests)
+                    async with ctx.bench.office(agg.url) as office:
+                        page = await _get(office.url, "/", sizes.read_requests)
+                        one = f"/proposals/{catalogue.proposals[-1].id}"
+                        proposal_page = await _get(office.url, one, sizes.read_requests)
             for specs, values in (
                 ((BARE_READ_P50, BARE_READ_P99), bare),
                 ((PROGRAMME_P50, PROGRAMME_P99), programme),
                 ((METRICS_P50, METRICS_P99), metrics),
+                ((PAGE_P50, PAGE_P99), page),
+                ((PROPOSAL_PAGE_P50, PROPOSAL_PAGE_P99), proposal_page),
             ):
                 ctx.results.add(specs[0], percentile(values, 0.5) * 1000)
                 ctx.results.add(specs[1], percentile(values, 0.99) * 1000)

@@ -15,9 +15,18 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    model_validator,
+)
 
-from shared.durations import Duration
+from shared.durations import Duration, format_duration
+from shared.durations import _coerce as _coerce_duration
 
 DEFAULT_CATALOGUE = Path(__file__).parent / "data" / "catalogue.yaml"
 # libyaml's safe loader where PyYAML was built with it: a large catalogue loads ~10x faster.
@@ -50,10 +59,48 @@ class Authority(_Model):
     kind: Literal["combined_authority", "strategic_authority", "body"]
 
 
+def _lag(value: object) -> object:
+    """A dependency's lag: a duration as in ``stall_threshold``, or 0 for none."""
+    if value in (0, "0", "0d") and not isinstance(value, bool):
+        return timedelta(0)
+    return _coerce_duration(value)
+
+
+Lag = Annotated[
+    timedelta,
+    BeforeValidator(_lag),
+    PlainSerializer(lambda v: format_duration(v) if v else "0d", return_type=str),
+]
+
+
+class Follow(_Model):
+    """A milestone that must finish first, and how long after it this one can finish."""
+
+    proposal: Id | None = Field(
+        default=None,
+        description="The proposal or gamechanger of the milestone; this one's if absent",
+    )
+    milestone: Id
+    lag: Lag = Field(
+        default=timedelta(0), description="Time needed after it finishes (e.g. 30d); 0 for none"
+    )
+    draft: bool = Field(
+        default=True,
+        description="A plausible draft dependency, for the programme office to confirm",
+    )
+
+
+MilestoneKey = tuple[str, str]
+"""(proposal id, milestone id): a milestone anywhere in the programme."""
+
+
 class Milestone(_Model):
     id: Id
     title: str
     due: date
+    follows: list[Follow] = Field(
+        default_factory=list, description="Milestones (of any proposal) it follows, with a lag"
+    )
 
 
 class Proposal(_Model):
@@ -155,6 +202,39 @@ class Catalogue(_Model):
     def proposals_of(self, column_id: str) -> list[Proposal]:
         return [self.proposal_by_id[p] for p in self.column_by_id[column_id].proposals]
 
+    @cached_property
+    def predecessors(self) -> dict[MilestoneKey, tuple[tuple[MilestoneKey, timedelta], ...]]:
+        """Milestone -> the milestones it follows, each with its lag (only those that follow
+        something)."""
+        out: dict[MilestoneKey, tuple[tuple[MilestoneKey, timedelta], ...]] = {}
+        for p in self.proposals:
+            for m in p.milestones:
+                if m.follows:
+                    out[(p.id, m.id)] = tuple(
+                        ((f.proposal or p.id, f.milestone), f.lag) for f in m.follows
+                    )
+        return out
+
+    @cached_property
+    def upstream_of(self) -> dict[str, frozenset[str]]:
+        """Proposal id -> the other proposals whose milestones its milestones follow,
+        transitively (what its dependency rating reads)."""
+        direct: dict[str, set[str]] = {}
+        for (pid, _), preds in self.predecessors.items():
+            direct.setdefault(pid, set()).update(q for (q, _), _lag in preds)
+        out: dict[str, frozenset[str]] = {}
+        for pid in direct:
+            seen: set[str] = set()
+            todo = [pid]
+            while todo:
+                for q in direct.get(todo.pop(), ()):
+                    if q not in seen:
+                        seen.add(q)
+                        todo.append(q)
+            seen.discard(pid)
+            out[pid] = frozenset(seen)
+        return out
+
 
 class _CrossReferenceError(ValueError):
     """Carries the problem list itself: a message may contain "; ", so it cannot be re-split."""
@@ -208,6 +288,7 @@ def _cross_reference_problems(cat: Catalogue) -> list[str]:
                     f"{where}.milestones[{after.id}].due: {after.due} is before "
                     f"{before.id} ({before.due}); milestones must be in date order"
                 )
+    problems += _dependency_problems(cat)
     for kpi in cat.kpis:
         where = f"kpis[{kpi.id}]"
         if kpi.target.date <= kpi.baseline.date:
@@ -227,6 +308,48 @@ def _cross_reference_problems(cat: Catalogue) -> list[str]:
             for p in kpi.evidences
             if p not in proposals
         ]
+    return problems
+
+
+def _dependency_problems(cat: Catalogue) -> list[str]:
+    """Unknown milestones named in ``follows``, and cycles, each naming its place."""
+    problems: list[str] = []
+    milestones = {(p.id, m.id) for p in cat.proposals for m in p.milestones}
+    graph: dict[MilestoneKey, list[MilestoneKey]] = {}
+    for p in cat.proposals:
+        for m in p.milestones:
+            for f in m.follows:
+                target = (f.proposal or p.id, f.milestone)
+                where = f"proposals[{p.id}].milestones[{m.id}].follows"
+                if target not in milestones:
+                    problems.append(f"{where}: unknown milestone {target[0]}/{target[1]}")
+                elif target == (p.id, m.id):
+                    problems.append(f"{where}: {p.id}/{m.id} follows itself")
+                else:
+                    graph.setdefault((p.id, m.id), []).append(target)
+    # Depth-first search; a back edge closes a cycle, named from its first milestone.
+    state: dict[MilestoneKey, int] = {}
+    path: list[MilestoneKey] = []
+    cycles: list[list[MilestoneKey]] = []
+
+    def visit(node: MilestoneKey) -> None:
+        state[node] = 1
+        path.append(node)
+        for nxt in graph.get(node, ()):
+            if state.get(nxt) == 1:
+                cycles.append([*path[path.index(nxt) :], nxt])
+            elif nxt not in state:
+                visit(nxt)
+        path.pop()
+        state[node] = 2
+
+    for node in graph:
+        if node not in state:
+            visit(node)
+    for cycle in cycles:
+        chain = " -> ".join(f"{a}/{b}" for a, b in cycle)
+        a, b = cycle[0]
+        problems.append(f"proposals[{a}].milestones[{b}].follows: dependency cycle {chain}")
     return problems
 
 

@@ -9,7 +9,8 @@ file differs. Adding a column is then one catalogue edit and one command.
 The text is templated rather than dumped from a dict: the files keep their comments, the
 compose file its anchors and the cluster override its ``!reset``/``!override`` tags, and
 the output is byte-stable. Ports follow ``cotn run``: the aggregator on its port, then one
-column service per column on the ports after it (:func:`column_ports`).
+column service per column on the ports after it (:func:`column_ports`), then the office
+web board (:func:`office_port`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from shared.natsauth import (
 
 COMPOSE_FILE = "docker-compose.yml"
 CLUSTER_FILE = "docker-compose.cluster.yml"
+CLUSTER_NODES = ("nats", "nats-2", "nats-3")
+"""The compose services of the cluster override's NATS nodes."""
 PROMETHEUS_FILE = "deploy/prometheus/prometheus.yml"
 ALERTMANAGER_FILE = "deploy/alertmanager/alertmanager.yml"
 NATS_FILE = "deploy/nats/nats.conf"
@@ -50,6 +53,12 @@ NO_BREAK = "\N{NO-BREAK SPACE}"
 def column_ports(columns: Sequence[str], aggregator_port: int) -> dict[str, int]:
     """Column id -> its service's port: the ports after the aggregator's, in catalogue order."""
     return {column: aggregator_port + i for i, column in enumerate(columns, start=1)}
+
+
+def office_port(columns: Sequence[str], aggregator_port: int) -> int:
+    """The office web board's port: the one after the last column service's, so adding a
+    column moves it rather than any port an authority system posts to."""
+    return aggregator_port + len(columns) + 1
 
 
 def service_name(column: str) -> str:
@@ -115,7 +124,7 @@ x-ingest-depends: &ingest-depends
 
 services:
   nats:
-    image: nats:2.11-alpine
+    image: nats:2.12-alpine
     command: ["-c", "/etc/nats/nats.conf"]
     restart: unless-stopped
     # nats.conf reads each user's password from these.
@@ -220,6 +229,30 @@ _COMPOSE_INGEST = """\
     ports:
       - "{port}:{port}"
     depends_on: *ingest-depends
+    healthcheck:
+      test: ["CMD", "python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/readyz', timeout=2)"]
+      interval: 5s
+      timeout: 3s
+      retries: 24
+
+"""  # noqa: E501 (the compose file keeps its long lines)
+
+_COMPOSE_OFFICE = """\
+  # The programme office's web board: pages over the aggregator's read API. Outside the
+  # container's loopback every page needs a login (a token of the shared token store).
+  office:
+    <<: *cotn-image
+    command: ["serve", "office", "--host", "0.0.0.0", "--port", "{port}", "--aggregator-url", "http://aggregator:{aggregator_port}", "--data-dir", "/data"]
+    environment:
+      COTN_ENV: ${{COTN_ENV:-development}}
+      COTN_OFFICE_SECRET_KEY: ${{COTN_OFFICE_SECRET_KEY:-change-me}}
+    volumes:
+      - tokens:/data:ro
+    ports:
+      - "{port}:{port}"
+    depends_on:
+      aggregator:
+        condition: service_healthy
     healthcheck:
       test: ["CMD", "python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/readyz', timeout=2)"]
       interval: 5s
@@ -350,9 +383,10 @@ def _compose_head(columns: Sequence[str], aggregator_port: int) -> str:
         "/data/tokens.json)\n"
         + "#\n"
         + _comment(
-            f"Column services: {', '.join(listed)}; the board and read API: "
-            f"http://localhost:{aggregator_port}; Prometheus :9090, Alertmanager :9093, "
-            "Grafana :3000 (admin / $GRAFANA_ADMIN_PASSWORD)."
+            f"Column services: {', '.join(listed)}; the read API: "
+            f"http://localhost:{aggregator_port}; the web board: "
+            f"http://localhost:{office_port(columns, aggregator_port)}; Prometheus :9090, "
+            "Alertmanager :9093, Grafana :3000 (admin / $GRAFANA_ADMIN_PASSWORD)."
         )
         + _comment(
             "The ports are those of `cotn run`, and the targets of "
@@ -374,7 +408,8 @@ def _compose_head(columns: Sequence[str], aggregator_port: int) -> str:
             "not committed."
         )
         + _comment(
-            "COTN_POSTGRES_PASSWORD (PostgreSQL, the aggregator and the migrations) and "
+            "COTN_POSTGRES_PASSWORD (PostgreSQL, the aggregator and the migrations), "
+            "COTN_OFFICE_SECRET_KEY (the web board's session key) and "
             'GRAFANA_ADMIN_PASSWORD default to the same "change-me", refused likewise outside '
             "development; COTN_RUNBOOK_BASE is where alerts' runbook links point "
             "(the address of docs/runbook.md)."
@@ -409,6 +444,9 @@ def compose_file(columns: Sequence[str], *, aggregator_port: int) -> str:
         + _COMPOSE_NATS_TAIL
         + aggregator
         + ingest
+        + _COMPOSE_OFFICE.format(
+            port=office_port(columns, aggregator_port), aggregator_port=aggregator_port
+        )
         + _COMPOSE_TAIL
     )
 
@@ -427,9 +465,9 @@ _CLUSTER_HEAD = """\
 # volume. Their configuration, deploy/nats/cluster/n<i>.conf, includes the single-node
 # deploy/nats/nats.conf and adds only the node's name and the cluster routes. One node down
 # loses nothing acknowledged and stops nothing; two down and the column services answer 503
-# until one is back. nats-setup makes the streams with three replicas. The services first
-# reach the node `nats`, then learn the others' addresses from it and move to them when it
-# fails.
+# until one is back. nats-setup makes the streams with three replicas. Every service is
+# given all three nodes as seeds, so it starts while any one of them is down, and moves to
+# another when the one it uses fails.
 #
 # aggregator-2 publishes no port: its read API and metrics answer inside the network
 # (http://aggregator-2:8000); the programme metrics it exports are the same as the first
@@ -448,8 +486,6 @@ x-nats-nodes: &nats-nodes
     condition: service_healthy
 
 x-ingest-cluster: &ingest-cluster
-  environment:
-    COTN_INGEST_STREAM_REPLICAS: "3"
   depends_on: *nats-nodes
 
 services:
@@ -482,6 +518,7 @@ services:
   nats-setup:
     environment:
       COTN_AGGREGATOR_STREAM_REPLICAS: "3"
+      COTN_NATS_ADMIN_URL: @ADMIN_SEEDS@
     depends_on: *nats-nodes
 
   # The services set nothing up (nats-setup does), but keep the same replicas all the same.
@@ -492,6 +529,7 @@ _CLUSTER_TAIL = """\
   aggregator:
     environment:
       COTN_AGGREGATOR_STREAM_REPLICAS: "3"
+      COTN_AGGREGATOR_NATS_URL: @AGGREGATOR_SEEDS@
     depends_on: *nats-nodes
 
   aggregator-2:
@@ -500,6 +538,7 @@ _CLUSTER_TAIL = """\
       service: aggregator
     environment:
       COTN_AGGREGATOR_STREAM_REPLICAS: "3"
+      COTN_AGGREGATOR_NATS_URL: @AGGREGATOR_SEEDS@
     ports: !reset []
     depends_on:
       <<: *nats-nodes
@@ -520,8 +559,25 @@ def cluster_override(columns: Sequence[str], *, aggregator_port: int) -> str:
     head = _CLUSTER_HEAD.replace(
         "http://aggregator-2:8000", f"http://aggregator-2:{aggregator_port}"
     )
-    ingest = "".join(f"  {service_name(c)}: *ingest-cluster\n" for c in columns)
-    return GENERATED + head + ingest + _CLUSTER_TAIL
+    ingest = "".join(
+        f"  {service_name(c)}:\n"
+        "    <<: *ingest-cluster\n"
+        "    environment:\n"
+        '      COTN_INGEST_STREAM_REPLICAS: "3"\n'
+        f"      COTN_INGEST_NATS_URL: {_cluster_seeds(ingest_user(c))}\n"
+        for c in columns
+    )
+    return (
+        (GENERATED + head + ingest + _CLUSTER_TAIL)
+        .replace("@ADMIN_SEEDS@", _cluster_seeds(ADMIN_USER))
+        .replace("@AGGREGATOR_SEEDS@", _cluster_seeds(AGGREGATOR_USER))
+    )
+
+
+def _cluster_seeds(user: str) -> str:
+    """The three nodes as one comma-separated NATS server list, with ``user``'s password."""
+    password = _env(password_variable(user))
+    return ",".join(f"nats://{user}:{password}@{node}:4222" for node in CLUSTER_NODES)
 
 
 # -- deploy/prometheus/prometheus.yml ---------------------------------------------------------
@@ -529,7 +585,8 @@ def cluster_override(columns: Sequence[str], *, aggregator_port: int) -> str:
 _PROMETHEUS_HEAD = """\
 # Prometheus for the COTN delivery monitor, as docker-compose.yml runs it.
 # Targets are the compose services; their ports are the ones `cotn run` uses on one
-# machine (aggregator {port}, then one column service per catalogue column).
+# machine (aggregator {port}, then one column service per catalogue column, then the
+# web board).
 # tests/observability checks these targets against docker-compose.yml.
 global:
   scrape_interval: 15s
@@ -571,6 +628,16 @@ _PROMETHEUS_TARGET = """\
           column: {column}
 """
 
+_PROMETHEUS_OFFICE = """\
+
+  # The web board: its pages served and its reads of the aggregator.
+  - job_name: cotn-office
+    static_configs:
+      - targets: ["office:{port}"]
+        labels:
+          service: office
+"""
+
 _PROMETHEUS_TAIL = """\
 
   - job_name: prometheus
@@ -590,7 +657,8 @@ def prometheus_config(columns: Sequence[str], *, aggregator_port: int) -> str:
         for column, port in column_ports(columns, aggregator_port).items()
     )
     head = _PROMETHEUS_HEAD.replace("{port}", str(aggregator_port))
-    return GENERATED + head + targets + _PROMETHEUS_TAIL
+    office = _PROMETHEUS_OFFICE.format(port=office_port(columns, aggregator_port))
+    return GENERATED + head + targets + office + _PROMETHEUS_TAIL
 
 
 # -- deploy/alertmanager/alertmanager.yml -----------------------------------------------------
@@ -642,10 +710,10 @@ inhibit_rules:
   - source_matchers: ['alertname="ProposalRed"']
     target_matchers: ['rag="amber"']
     equal: [column, proposal]
-  # The aggregator down, or its database: the alerts computed from its metrics cannot be
+  # The aggregator down, or its database or NATS: the alerts computed from its metrics cannot be
   # trusted (they repeat the last read), and the outage is the one thing to act on.
-  - source_matchers: ['alertname=~"ServiceDown|AggregatorDatabaseDown"', 'service="aggregator"']
-    target_matchers: ['alertname!~"ServiceDown|AggregatorDatabaseDown"', 'service="aggregator"']
+  - source_matchers: ['alertname=~"ServiceDown|AggregatorDatabaseDown|AggregatorBusUnreachable"', 'service="aggregator"']
+    target_matchers: ['alertname!~"ServiceDown|AggregatorDatabaseDown|AggregatorBusUnreachable"', 'service="aggregator"']
   # A column service down: its authorities cannot report, so its proposals' stalls and its
   # refusal counts are symptoms of the outage, not of the authorities.
   - source_matchers: ['alertname="ServiceDown"', 'service="ingest"']
@@ -661,7 +729,7 @@ receivers:
     webhook_configs:
       - url: http://127.0.0.1:9095/cotn/operations
         send_resolved: true
-"""
+"""  # noqa: E501 (the inhibit rules keep their long lines)
 
 _ALERTMANAGER_RECEIVER = """\
   - name: {receiver}

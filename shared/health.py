@@ -17,6 +17,12 @@ The rules (CONTRACT §5):
 - **RAG**: red for a blocked milestone, a milestone overdue beyond grace, or a stall;
   amber for a milestone at risk, overdue within grace, a KPI the proposal evidences off
   its trajectory, or progress older than half the stall threshold; green otherwise.
+- **Dependencies**: a milestone may follow others (of any proposal) with a lag. Each
+  unfinished milestone's **forecast** finish is the latest of its due date, today (it cannot
+  finish in the past) and, for each milestone it follows, that one's forecast (or, once
+  completed, its completion date) plus the lag. A milestone is **at risk because of** an
+  upstream milestone when the forecast that one gives passes its own due date, or at once
+  when one upstream of it (transitively) is blocked: amber, naming the whole chain.
 - A KPI's **expected** value at a date lies on the path from baseline to target: a straight
   line (``linear``) or constant growth (``compound``), flat before the baseline date and
   after the target date. Its latest actual (the observation of the latest period) is **off
@@ -34,8 +40,8 @@ from datetime import UTC, date, datetime, time, timedelta
 from functools import cached_property, lru_cache
 from typing import Literal, NamedTuple
 
-from shared.catalogue import Catalogue, Kpi, Proposal
-from shared.periods import period_end
+from shared.catalogue import Catalogue, Kpi, MilestoneKey, Proposal
+from shared.periods import period_end as _parse_period_end
 
 Rag = Literal["green", "amber", "red"]
 RAG_VALUE: dict[str, int] = {"green": 0, "amber": 1, "red": 2}
@@ -66,6 +72,14 @@ class KpiObservation(NamedTuple):
     value: float
     event_time: datetime
     source: str
+    event_id: str | None = None
+
+
+class EventRef(NamedTuple):
+    """An event of the audit trail: (source, id) identifies it."""
+
+    source: str
+    id: str
 
 
 @dataclass(frozen=True)
@@ -86,7 +100,8 @@ class ProgrammeState:
 
 
 class Reason(NamedTuple):
-    """One rule that coloured a rating, and what it was about."""
+    """One rule that coloured a rating, what it was about, since when and the events behind
+    it; ``chain`` is a dependency's path, root first, as ``proposal/milestone``."""
 
     rule: str
     rag: Rag
@@ -94,6 +109,52 @@ class Reason(NamedTuple):
     milestone: str | None = None
     kpi: str | None = None
     since: datetime | None = None
+    events: tuple[EventRef, ...] = ()
+    chain: tuple[str, ...] = ()
+
+
+RULE_TITLES: dict[str, str] = {
+    # red
+    "milestone_blocked": "Milestone blocked",
+    "milestone_overdue_beyond_grace": "Milestone overdue beyond grace",
+    "stalled": "Stalled",
+    # amber
+    "milestone_at_risk": "Milestone at risk",
+    "milestone_overdue": "Milestone overdue",
+    "milestone_dependency_at_risk": "Milestone at risk through a dependency",
+    "kpi_off_trajectory": "KPI off trajectory",
+    "progress_ageing": "Progress ageing",
+}
+"""Every rule a :class:`Reason` names, with its title for people (the board's wire reason
+carries it, so no client keeps its own list)."""
+
+
+def rule_title(rule: str) -> str:
+    """The rule's title for people; the rule's own name for one this list does not know."""
+    return RULE_TITLES.get(rule, rule)
+
+
+class DependencyRisk(NamedTuple):
+    """Why a milestone is at risk because of what it follows: the chain from the root cause
+    (first) to the milestone it follows directly (last), and what the root did."""
+
+    chain: tuple[MilestoneKey, ...]
+    cause: Literal["blocked", "late"]
+    forecast: date
+    """The forecast finish the chain gives the dependant."""
+    since: datetime | None
+    events: tuple[EventRef, ...]
+
+
+@dataclass(frozen=True)
+class Dependencies:
+    """Forecasts and risks of the milestones in the catalogue's dependency graph."""
+
+    forecasts: Mapping[MilestoneKey, date] = field(default_factory=dict)
+    risks: Mapping[MilestoneKey, DependencyRisk] = field(default_factory=dict)
+
+
+NO_DEPENDENCIES = Dependencies()
 
 
 class MilestoneHealth(NamedTuple):
@@ -106,6 +167,10 @@ class MilestoneHealth(NamedTuple):
     updated_at: datetime | None
     source: str | None
     note: str | None
+    event_id: str | None = None
+    forecast: date | None = None
+    """Forecast finish while unfinished (see the module's rules); None once completed."""
+    upstream_risk: DependencyRisk | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +189,8 @@ class KpiHealth:
     expected_at_actual: float | None
     on_track: bool | None
     reported_at: datetime | None
+    event: EventRef | None = None
+    """The event of the actual shown."""
 
 
 @dataclass(frozen=True)
@@ -155,6 +222,10 @@ class ProgrammeHealth:
     at: datetime
     proposals: dict[str, ProposalHealth]
     kpis: dict[str, KpiHealth]
+
+
+period_end = lru_cache(maxsize=65536)(_parse_period_end)
+"""A period's last day (cached: a KPI's periods are read once per rating and per report)."""
 
 
 def _midnight(day: date) -> datetime:
@@ -224,21 +295,105 @@ def kpi_health(kpi: Kpi, observations: Sequence[KpiObservation], now: datetime) 
         expected_at_actual=expected_at,
         on_track=on_track,
         reported_at=latest.event_time if latest else None,
+        event=EventRef(latest.source, latest.event_id) if latest and latest.event_id else None,
+    )
+
+
+def _today(now: datetime) -> date:
+    return now.astimezone(UTC).date()
+
+
+def dependencies(catalogue: Catalogue, state: ProgrammeState, now: datetime) -> Dependencies:
+    """Forecast finish and upstream risk of every milestone in the dependency graph.
+
+    Only milestones that follow or are followed are visited, each once: a catalogue without
+    dependencies costs nothing. The catalogue check refuses cycles, so the walk ends.
+    """
+    predecessors = catalogue.predecessors
+    if not predecessors:
+        return NO_DEPENDENCIES
+    today = _today(now)
+    forecasts: dict[MilestoneKey, date] = {}
+    risks: dict[MilestoneKey, DependencyRisk | None] = {}
+    milestones = state.milestones
+
+    def due(key: MilestoneKey) -> date:
+        return catalogue.proposal_by_id[key[0]].milestone_by_id[key[1]].due
+
+    def forecast(key: MilestoneKey) -> date:
+        known = forecasts.get(key)
+        if known is not None:
+            return known
+        s = milestones.get(key)
+        if s is not None and s.status == "completed":
+            value = _today(s.event_time)
+        else:
+            value = max(due(key), today)
+            for pred, lag in predecessors.get(key, ()):
+                value = max(value, forecast(pred) + lag)
+        forecasts[key] = value
+        return value
+
+    def risk(key: MilestoneKey) -> DependencyRisk | None:
+        if key in risks:
+            return risks[key]
+        found: DependencyRisk | None = None
+        s = milestones.get(key)
+        if s is None or s.status != "completed":
+            own_due = due(key)
+            for pred, lag in predecessors.get(key, ()):
+                ps = milestones.get(pred)
+                ref = (EventRef(ps.source, ps.event_id),) if ps else ()
+                pushed = forecast(pred) + lag
+                if ps is not None and ps.status == "completed":
+                    if pushed > own_due:
+                        found = DependencyRisk((pred,), "late", pushed, ps.event_time, ref)
+                elif ps is not None and ps.status == "blocked":
+                    found = DependencyRisk((pred,), "blocked", pushed, ps.event_time, ref)
+                else:
+                    upstream = risk(pred)
+                    if upstream is not None and (upstream.cause == "blocked" or pushed > own_due):
+                        found = upstream._replace(chain=(*upstream.chain, pred), forecast=pushed)
+                    elif pushed > own_due:
+                        # Pushed by the clock (it is still unfinished past its due date): at
+                        # risk from the first day on which today plus the lag passes own_due.
+                        clocked = forecast(pred) == today > due(pred)
+                        since = _midnight(own_due - lag + ONE_DAY) if clocked else None
+                        found = DependencyRisk((pred,), "late", pushed, since, ref)
+                if found is not None:
+                    break
+        risks[key] = found
+        return found
+
+    for key in predecessors:
+        forecast(key)
+        risk(key)
+    return Dependencies(
+        forecasts=forecasts, risks={k: r for k, r in risks.items() if r is not None}
     )
 
 
 def milestone_health(
-    proposal: Proposal, state: ProgrammeState, now: datetime
+    proposal: Proposal,
+    state: ProgrammeState,
+    now: datetime,
+    deps: Dependencies = NO_DEPENDENCIES,
 ) -> tuple[MilestoneHealth, ...]:
-    """Each milestone of ``proposal`` in catalogue order, with its status and lateness."""
+    """Each milestone of ``proposal`` in catalogue order, with its status, lateness, forecast
+    finish and upstream risk."""
     states = state.milestones_by_proposal.get(proposal.id, {})
     grace = proposal.overdue_grace
+    today = _today(now)
     out = []
     for m in proposal.milestones:
         s = states.get(m.id)
         status = s.status if s else "not_started"
         late_from, beyond_from = _late_from(m.due, grace)
         overdue = status != "completed" and now >= late_from
+        key = (proposal.id, m.id)
+        forecast = None
+        if status != "completed":
+            forecast = deps.forecasts.get(key) or max(m.due, today)
         out.append(
             MilestoneHealth(
                 id=m.id,
@@ -250,42 +405,111 @@ def milestone_health(
                 updated_at=s.event_time if s else None,
                 source=s.source if s else None,
                 note=s.note if s else None,
+                event_id=s.event_id if s else None,
+                forecast=forecast,
+                upstream_risk=deps.risks.get(key),
             )
         )
     return tuple(out)
+
+
+def newest_progress(proposal: Proposal, state: ProgrammeState) -> MilestoneState | None:
+    """The proposal's newest milestone state (by event time), None before any."""
+    known = proposal.milestone_by_id
+    states = state.milestones_by_proposal.get(proposal.id, {})
+    newest: MilestoneState | None = None
+    for mid, s in states.items():
+        if mid in known and (newest is None or s.event_time > newest.event_time):
+            newest = s
+    return newest
 
 
 def last_progress(
     proposal: Proposal, state: ProgrammeState, programme_start: date
 ) -> tuple[datetime, bool]:
     """The newest milestone event time of the proposal, or the programme start if none."""
-    known = proposal.milestone_by_id
-    states = state.milestones_by_proposal.get(proposal.id, {})
-    times = [s.event_time for mid, s in states.items() if mid in known]
-    if times:
-        return max(times), True
+    newest = newest_progress(proposal, state)
+    if newest is not None:
+        return newest.event_time, True
     return _midnight(programme_start), False
 
 
-def _milestone_reasons(milestones: Sequence[MilestoneHealth]) -> list[Reason]:
-    """What the milestones' own statuses and due dates say, milestone by milestone."""
+def _days(span: timedelta) -> str:
+    """A span in whole days, as people say it ("1 day", "45 days"); shorter ones in hours."""
+    if span >= ONE_DAY or span == timedelta(0):
+        n = span.days
+        return f"{n} day" if n == 1 else f"{n} days"
+    hours = int(span.total_seconds() // 3600)
+    return f"{hours} hour" if hours == 1 else f"{hours} hours"
+
+
+def _chain_text(chain: Sequence[MilestoneKey]) -> str:
+    return " -> ".join(f"{p}/{m}" for p, m in chain)
+
+
+def _milestone_reasons(milestones: Sequence[MilestoneHealth], proposal: Proposal) -> list[Reason]:
+    """What the milestones' own statuses, due dates and upstream say, milestone by milestone."""
     reasons: list[Reason] = []
+    grace = proposal.overdue_grace
     for m in milestones:
+        refs = (EventRef(m.source, m.event_id),) if m.source and m.event_id else ()
         if m.status == "blocked":
             reasons.append(
                 Reason(
-                    "milestone_blocked", "red", f"{m.title} is blocked", m.id, since=m.updated_at
+                    "milestone_blocked",
+                    "red",
+                    f"{m.title} is blocked",
+                    m.id,
+                    since=m.updated_at,
+                    events=refs,
                 )
             )
-        late = f"{m.title} was due {m.due} and is {m.status}"
+        late = f"{m.title} was due {m.due} and is {m.status.replace('_', ' ')}"
+        late_from, beyond_from = _late_from(m.due, grace)
         if m.overdue_beyond_grace:
-            reasons.append(Reason("milestone_overdue_beyond_grace", "red", late, m.id))
+            reasons.append(
+                Reason(
+                    "milestone_overdue_beyond_grace",
+                    "red",
+                    f"{late}, more than {_days(grace)} late",
+                    m.id,
+                    since=beyond_from,
+                    events=refs,
+                )
+            )
         elif m.overdue:
-            reasons.append(Reason("milestone_overdue", "amber", late, m.id))
+            reasons.append(
+                Reason("milestone_overdue", "amber", late, m.id, since=late_from, events=refs)
+            )
         if m.status == "at_risk":
             reasons.append(
                 Reason(
-                    "milestone_at_risk", "amber", f"{m.title} is at risk", m.id, since=m.updated_at
+                    "milestone_at_risk",
+                    "amber",
+                    f"{m.title} is at risk",
+                    m.id,
+                    since=m.updated_at,
+                    events=refs,
+                )
+            )
+        r = m.upstream_risk
+        if r is not None:
+            chain = (*r.chain, (proposal.id, m.id))
+            root = f"{r.chain[0][0]}/{r.chain[0][1]}"
+            what = "is blocked" if r.cause == "blocked" else "is late"
+            reasons.append(
+                Reason(
+                    "milestone_dependency_at_risk",
+                    "amber",
+                    f"{m.title} is at risk because of {root}, which {what}: forecast "
+                    f"{r.forecast} against due {m.due} (chain {_chain_text(chain)})"
+                    if r.cause == "late"
+                    else f"{m.title} is at risk because of {root}, which {what} "
+                    f"(chain {_chain_text(chain)})",
+                    m.id,
+                    since=r.since,
+                    events=r.events,
+                    chain=tuple(f"{p}/{mid}" for p, mid in chain),
                 )
             )
     return reasons
@@ -297,31 +521,38 @@ def proposal_health(
     state: ProgrammeState,
     kpis: Mapping[str, KpiHealth],
     now: datetime,
+    deps: Dependencies = NO_DEPENDENCIES,
 ) -> ProposalHealth:
-    """Rate one proposal; ``kpis`` are the already-rated KPIs of the programme."""
-    milestones = milestone_health(proposal, state, now)
+    """Rate one proposal; ``kpis`` are the already-rated KPIs of the programme and ``deps``
+    the programme's :func:`dependencies` at ``now``."""
+    milestones = milestone_health(proposal, state, now, deps)
+    newest = newest_progress(proposal, state)
     progress, has_progress = last_progress(proposal, state, catalogue.programme_start)
+    progress_refs = (EventRef(newest.source, newest.event_id),) if newest else ()
     unfinished = any(m.status != "completed" for m in milestones)
     quiet_for = now - progress
-    stalled = unfinished and quiet_for > proposal.stall_threshold
-    reasons = _milestone_reasons(milestones)
-    days = quiet_for.total_seconds() / 86400
+    threshold = proposal.stall_threshold
+    stalled = unfinished and quiet_for > threshold
+    reasons = _milestone_reasons(milestones, proposal)
     if stalled:
         reasons.append(
             Reason(
                 "stalled",
                 "red",
-                f"no milestone event for {days:.1f} days (threshold {proposal.stall_threshold})",
+                f"no milestone event for {_days(quiet_for)}, stall threshold {_days(threshold)}",
                 since=progress,
+                events=progress_refs,
             )
         )
-    elif unfinished and quiet_for > proposal.stall_threshold / 2:
+    elif unfinished and quiet_for > threshold / 2:
         reasons.append(
             Reason(
                 "progress_ageing",
                 "amber",
-                f"last milestone event {days:.1f} days ago, over half the stall threshold",
+                f"last milestone event {_days(quiet_for)} ago, over half the stall threshold "
+                f"of {_days(threshold)}",
                 since=progress,
+                events=progress_refs,
             )
         )
     for k in catalogue.kpis_evidencing.get(proposal.id, ()):
@@ -334,6 +565,8 @@ def proposal_health(
                     f"{k.title}: {h.actual:g} in {h.actual_period} against "
                     f"{h.expected_at_actual:g} expected",
                     kpi=k.id,
+                    since=h.reported_at,
+                    events=(h.event,) if h.event else (),
                 )
             )
     rag: Rag = "green"
@@ -362,5 +595,199 @@ def kpis_health(catalogue: Catalogue, state: ProgrammeState, now: datetime) -> d
 def programme_health(catalogue: Catalogue, state: ProgrammeState, now: datetime) -> ProgrammeHealth:
     """Rate every KPI and proposal of the programme at ``now``."""
     kpis = kpis_health(catalogue, state, now)
-    proposals = {p.id: proposal_health(catalogue, p, state, kpis, now) for p in catalogue.proposals}
+    deps = dependencies(catalogue, state, now)
+    proposals = {
+        p.id: proposal_health(catalogue, p, state, kpis, now, deps) for p in catalogue.proposals
+    }
     return ProgrammeHealth(at=now, proposals=proposals, kpis=kpis)
+
+
+# History: the same rating, at each instant the rating could change.
+
+EPSILON = timedelta(microseconds=1)
+
+
+class HistoryEntry(NamedTuple):
+    """A change of a proposal's RAG, stalled or overdue state, and what brought it."""
+
+    at: datetime
+    cause: Literal["event", "clock"]
+    """``event``: events of that instant; ``clock``: time alone (a stall threshold crossed,
+    a due date passed, a forecast pushed by today)."""
+    events: tuple[EventRef, ...]
+    health: ProposalHealth
+    changed: tuple[str, ...]
+    """Which of rag, stalled and overdue changed; empty for the first entry."""
+
+
+def _signature(health: ProposalHealth) -> tuple[object, ...]:
+    return (health.rag, health.stalled, tuple(health.overdue))
+
+
+def _clock_instants(
+    catalogue: Catalogue,
+    proposal: Proposal,
+    progress_times: Sequence[datetime],
+    start: datetime,
+    until: datetime,
+) -> set[datetime]:
+    """Instants at which time alone may change the proposal's rating."""
+    out: set[datetime] = set()
+    for m in proposal.milestones:
+        out.update(_late_from(m.due, proposal.overdue_grace))
+    threshold = proposal.stall_threshold
+    for t in (_midnight(catalogue.programme_start), *progress_times):
+        # The rules compare strictly ("older than"): the change is just after the threshold.
+        out.add(t + threshold / 2 + EPSILON)
+        out.add(t + threshold + EPSILON)
+    if proposal.id in catalogue.upstream_of or any(m.follows for m in proposal.milestones):
+        # Forecasts move with today's date: every midnight may push one.
+        day = start.astimezone(UTC).date() + ONE_DAY
+        while (midnight := _midnight(day)) <= until:
+            out.add(midnight)
+            day += ONE_DAY
+    return {t for t in out if start < t <= until}
+
+
+def proposal_history(
+    catalogue: Catalogue,
+    proposal: Proposal,
+    milestone_events: Sequence[MilestoneState],
+    kpi_events: Sequence[KpiObservation],
+    until: datetime,
+) -> list[HistoryEntry]:
+    """Each change of ``proposal``'s rating up to ``until``, first the rating at the
+    programme's start (or its first event, if earlier).
+
+    ``milestone_events`` (of the proposal and of every proposal it depends on) and
+    ``kpi_events`` (of the KPIs that evidence it) are every report in fold order (event
+    time, then stream sequence), as the projections fold them. The rating at each instant
+    is :func:`proposal_health` over the state those events give up to it: the same
+    function as the board's, at every instant where an event or the clock can change it.
+    """
+    own = [s.event_time for s in milestone_events if s.proposal == proposal.id]
+    times = [s.event_time for s in milestone_events] + [o.event_time for o in kpi_events]
+    start = min([_midnight(catalogue.programme_start), *times])
+    by_time: dict[datetime, list[EventRef]] = {}
+    for s in milestone_events:
+        by_time.setdefault(s.event_time, []).append(EventRef(s.source, s.event_id))
+    for o in kpi_events:
+        by_time.setdefault(o.event_time, []).append(EventRef(o.source, o.event_id or ""))
+    kpis = {k.id: k for k in catalogue.kpis_evidencing.get(proposal.id, ())}
+    clock = _clock_instants(catalogue, proposal, own, start, until)
+    instants = sorted({start, *(t for t in by_time if t <= until)} | clock)
+    milestones: dict[tuple[str, str], MilestoneState] = {}
+    # Per KPI, its latest report and its rating, kept as reports arrive: reports come in
+    # event-time order, so a report is the latest unless an earlier one is for a later period.
+    latest: dict[str, KpiObservation] = {}
+    rated: dict[str, KpiHealth] = {k: kpi_health(kpi, (), start) for k, kpi in kpis.items()}
+    mi = ki = 0
+    entries: list[HistoryEntry] = []
+    previous: tuple[object, ...] | None = None
+    for at in instants:
+        moved = at in clock or previous is None
+        while mi < len(milestone_events) and milestone_events[mi].event_time <= at:
+            s = milestone_events[mi]
+            milestones[(s.proposal, s.milestone)] = s
+            moved = True
+            mi += 1
+        while ki < len(kpi_events) and kpi_events[ki].event_time <= at:
+            o = kpi_events[ki]
+            ki += 1
+            current = latest.get(o.kpi)
+            if o.kpi in kpis and (
+                current is None or period_end(o.period) >= period_end(current.period)
+            ):
+                latest[o.kpi] = o
+                reported = kpi_health(kpis[o.kpi], (o,), at)
+                if reported.on_track != rated[o.kpi].on_track:
+                    moved = True  # only the on-track state of a KPI enters the signature
+                rated[o.kpi] = reported
+        if not moved:
+            continue
+        state = ProgrammeState(milestones=dict(milestones))
+        rating = proposal_health(
+            catalogue, proposal, state, rated, at, dependencies(catalogue, state, at)
+        )
+        signature = _signature(rating)
+        if signature != previous:
+            changed = (
+                ()
+                if previous is None
+                else tuple(
+                    name
+                    for name, a, b in zip(
+                        ("rag", "stalled", "overdue"), previous, signature, strict=True
+                    )
+                    if a != b
+                )
+            )
+            refs = tuple(by_time.get(at, ()))
+            entries.append(HistoryEntry(at, "event" if refs else "clock", refs, rating, changed))
+            previous = signature
+    return entries
+
+
+def rating_changes(
+    before: ProgrammeHealth, after: ProgrammeHealth
+) -> tuple[list[tuple[ProposalHealth, ProposalHealth]], list[tuple[KpiHealth, KpiHealth]]]:
+    """The proposals whose (rag, stalled) and the KPIs whose on-track state differ between
+    two ratings, each as (before, after), in the ratings' order."""
+    proposals = [
+        (b, after.proposals[pid])
+        for pid, b in before.proposals.items()
+        if (b.rag, b.stalled) != (after.proposals[pid].rag, after.proposals[pid].stalled)
+    ]
+    kpis = [
+        (b, after.kpis[kid])
+        for kid, b in before.kpis.items()
+        if b.on_track != after.kpis[kid].on_track
+    ]
+    return proposals, kpis
+
+
+class KpiPeriod(NamedTuple):
+    """One period of a KPI: its actual (the newest report), every report, the trajectory."""
+
+    period: str
+    period_end: date
+    actual: KpiObservation
+    reports: tuple[KpiObservation, ...]
+    """Every report of the period in fold order: the first, then each correction."""
+    expected: float
+    on_track: bool
+
+
+def kpi_periods(kpi: Kpi, reports: Sequence[KpiObservation]) -> list[KpiPeriod]:
+    """Every reported period of ``kpi`` in period order, from its reports in fold order."""
+    grouped: dict[str, list[KpiObservation]] = {}
+    for o in reports:
+        grouped.setdefault(o.period, []).append(o)
+    out = []
+    for period, rows in grouped.items():
+        end = period_end(period)
+        expected = kpi_expected(kpi, end)
+        actual = rows[-1]
+        out.append(
+            KpiPeriod(
+                period,
+                end,
+                actual,
+                tuple(rows),
+                expected,
+                not is_off_trajectory(kpi, actual.value, expected),
+            )
+        )
+    return sorted(out, key=lambda p: (p.period_end, p.period))
+
+
+def kpi_trajectory(kpi: Kpi) -> list[tuple[date, float]]:
+    """The expected path as points to draw: the baseline, each year's end between, the
+    target (a compound path is smooth enough at one point a year)."""
+    start, end = kpi.baseline.date, kpi.target.date
+    points = [start]
+    points += [
+        date(y, 12, 31) for y in range(start.year, end.year + 1) if start < date(y, 12, 31) < end
+    ]
+    points.append(end)
+    return [(d, kpi_expected(kpi, d)) for d in points]

@@ -23,8 +23,9 @@ T = TypeVar("T")
 STARTED = re.compile(r"\b(?:re)?started (\S+) \(pid (\d+)\)(?: on [\d.]+:(\d+))?")
 
 
-def free_base_port(count: int = 4) -> int:
-    """A port P such that P .. P + count - 1 are all free on loopback."""
+def free_base_port(count: int = 5) -> int:
+    """A port P such that P .. P + count - 1 are all free on loopback (aggregator, three
+    columns and the web board by default)."""
     for _ in range(100):
         base = free_port()
         if base + count <= 65535 and all(
@@ -79,6 +80,11 @@ class RunningStack:
         """Column id -> base URL of its service, as ``cotn run`` lays them out."""
         ids = [c.id for c in load_catalogue().columns]
         return {c: f"http://127.0.0.1:{self.port + i}" for i, c in enumerate(ids, start=1)}
+
+    @property
+    def office(self) -> str:
+        """Base URL of the web board: the port after the last column service's."""
+        return f"http://127.0.0.1:{self.port + len(load_catalogue().columns) + 1}"
 
     @property
     def output(self) -> str:

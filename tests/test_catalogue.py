@@ -235,6 +235,20 @@ def test_milestones_are_a_dated_draft_within_2025_to_2027(shipped: Catalogue) ->
         assert proposal.stall_threshold > timedelta(0), proposal.id
 
 
+def test_shipped_dependencies_are_a_consistent_draft(shipped: Catalogue) -> None:
+    """Every dependency is marked draft, and the draft dates leave room for each lag: on the
+    plan as drafted, nothing is at risk because of what it follows."""
+    follows = [(p, m, f) for p in shipped.proposals for m in p.milestones for f in m.follows]
+    assert len(follows) >= 10
+    assert {f.draft for _, _, f in follows} == {True}
+    across = {(f.proposal or p.id) for p, _, f in follows} - {p.id for p, _, _ in follows}
+    assert {p.id for p, _, f in follows if f.proposal not in (None, p.id)} >= {"1a", "2a", "3a"}
+    assert across <= {p.id for p in shipped.proposals}
+    for p, m, f in follows:
+        upstream = shipped.proposal_by_id[f.proposal or p.id].milestone_by_id[f.milestone]
+        assert upstream.due + f.lag <= m.due, (p.id, m.id)
+
+
 def test_every_place_may_report_on_every_proposal(shipped: Catalogue) -> None:
     for proposal in shipped.proposals:
         assert set(AUTHORITIES) <= set(proposal.partners), proposal.id
@@ -409,6 +423,45 @@ BROKEN: list[tuple[str, Callable[[Raw], object], list[str]]] = [
         "proposal without milestones",
         lambda r: _proposal(r, "3a").update(milestones=[]),
         ["proposals[3a].milestones: List should have at least 1 item after validation, not 0"],
+    ),
+    (
+        "follows an unknown milestone",
+        lambda r: _milestone(r, "1a", "pilot-agreement").update(
+            follows=[{"milestone": "spending-review-case"}, {"proposal": "9z", "milestone": "x"}]
+        ),
+        ["proposals[1a].milestones[pilot-agreement].follows: unknown milestone 9z/x"],
+    ),
+    (
+        "follows an unknown milestone of its own proposal",
+        lambda r: _milestone(r, "2b", "partner-forum").update(follows=[{"milestone": "nope"}]),
+        ["proposals[2b].milestones[partner-forum].follows: unknown milestone 2b/nope"],
+    ),
+    (
+        "follows itself",
+        lambda r: _milestone(r, "3a", "first-mission").update(
+            follows=[{"milestone": "first-mission"}]
+        ),
+        ["proposals[3a].milestones[first-mission].follows: 3a/first-mission follows itself"],
+    ),
+    (
+        "dependency cycle across proposals",
+        lambda r: _milestone(r, "3b", "network-terms").update(
+            follows=[{"proposal": "1a", "milestone": "cluster-evidence", "lag": "7d"}]
+        ),
+        [
+            "proposals[1a].milestones[cluster-evidence].follows: dependency cycle "
+            "1a/cluster-evidence -> 3b/network-terms -> 1a/cluster-evidence"
+        ],
+    ),
+    (
+        "lag that is not a duration",
+        lambda r: _milestone(r, "2b", "partner-forum").update(
+            follows=[{"milestone": "finance-gap-analysis", "lag": "soon"}]
+        ),
+        [
+            "proposals[2b].milestones[partner-forum].follows[0].lag: 'soon' is not a duration: "
+            "use a number and a unit of w, d, h, m or s"
+        ],
     ),
 ]
 

@@ -33,6 +33,7 @@ from shared.deployment import (
     NATS_FILE,
     PROMETHEUS_FILE,
     column_ports,
+    office_port,
     prometheus_config,
 )
 from shared.natsauth import ingest_permissions, password_variable, user_names
@@ -131,6 +132,9 @@ def test_the_ports_are_those_of_cotn_run(tmp_path: Path, catalogue: Catalogue) -
     assert stack.aggregator.port == DEFAULT_PORT
     planned = {column: part.port for column, part in stack.columns.items()}
     assert planned == column_ports([c.id for c in catalogue.columns], DEFAULT_PORT)
+    assert stack.office is not None
+    assert stack.office.port == office_port([c.id for c in catalogue.columns], DEFAULT_PORT)
+    assert stack.office.port == DEFAULT_PORT + len(catalogue.columns) + 1
 
 
 def test_a_column_id_that_yaml_would_misread_is_quoted() -> None:
@@ -199,7 +203,14 @@ def test_the_new_column_has_a_compose_service_on_the_next_port(four_columns: Pat
 def test_the_cluster_override_gives_the_new_column_three_replicas(four_columns: Path) -> None:
     services = load_compose(four_columns / CLUSTER_FILE)["services"]
     skills = services[f"ingest-{NEW_COLUMN}"]
-    assert skills["environment"] == {"COTN_INGEST_STREAM_REPLICAS": "3"}
+    assert skills["environment"]["COTN_INGEST_STREAM_REPLICAS"] == "3"
+    seeds = skills["environment"]["COTN_INGEST_NATS_URL"].split(",")
+    assert [seed.rpartition("@")[2] for seed in seeds] == [
+        "nats:4222",
+        "nats-2:4222",
+        "nats-3:4222",
+    ]
+    assert all(seed.startswith("nats://cotn-ingest-skills:") for seed in seeds)
     assert set(skills["depends_on"]) == {"nats", "nats-2", "nats-3"}
     base = load_compose(four_columns / COMPOSE_FILE)["services"]
     columns = {name for name in base if name.startswith("ingest-")}

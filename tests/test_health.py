@@ -7,20 +7,28 @@ rule shows up as a changed table row rather than as a recomputation of the same 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
-from shared.catalogue import Catalogue
+from shared.catalogue import Catalogue, load_catalogue
 from shared.health import (
+    EPSILON,
+    NO_DEPENDENCIES,
+    EventRef,
     KpiObservation,
     MilestoneState,
+    ProgrammeHealth,
     ProgrammeState,
+    Reason,
+    dependencies,
     is_off_trajectory,
     kpi_expected,
     kpi_health,
     last_progress,
     latest_observation,
     programme_health,
+    proposal_history,
 )
 
 # Baseline and target dates are two non-leap years apart (730 days), so the end of the year
@@ -360,7 +368,7 @@ def test_stalled_reason_dates_from_last_progress() -> None:
     health = p1_health(state(), START + 11 * DAY)
     (reason,) = health.reasons
     assert (reason.rule, reason.since) == ("stalled", START)
-    assert "11.0 days" in reason.detail
+    assert reason.detail == "no milestone event for 11 days, stall threshold 10 days"
 
 
 def test_last_progress_without_events_is_programme_start_midnight_utc() -> None:
@@ -571,3 +579,112 @@ def test_health_depends_on_the_instant_not_the_clock_timezone() -> None:
     local_view = programme_health(CATALOGUE, st, honolulu)
     assert local_view.kpis["k-linear"].expected_now == utc_view.kpis["k-linear"].expected_now
     assert utc_view.proposals["p1"].overdue == local_view.proposals["p1"].overdue == ["m2"]
+
+
+# Dependencies, on the shipped catalogue's draft chains.
+
+SHIPPED = load_catalogue()
+
+
+def _done(proposal: str, milestone: str, status: str, when: datetime) -> MilestoneState:
+    return MilestoneState(proposal, milestone, status, when, "greater-manchester", f"e-{milestone}")
+
+
+def _rate(now: datetime, *states: MilestoneState) -> ProgrammeHealth:
+    st = ProgrammeState(milestones={(s.proposal, s.milestone): s for s in states})
+    return programme_health(SHIPPED, st, now)
+
+
+def _milestone(health: ProgrammeHealth, pid: str, mid: str) -> Any:
+    return next(m for m in health.proposals[pid].milestones if m.id == mid)
+
+
+def _dependency_reasons(health: ProgrammeHealth, pid: str) -> list[Reason]:
+    return [r for r in health.proposals[pid].reasons if r.rule == "milestone_dependency_at_risk"]
+
+
+def test_forecast_is_the_due_date_until_pushed() -> None:
+    health = _rate(datetime(2025, 5, 1, tzinfo=UTC))
+    m = _milestone(health, "1a", "pilot-agreement")
+    assert (m.forecast, m.upstream_risk) == (date(2026, 9, 30), None)
+    assert _dependency_reasons(health, "1a") == []
+
+
+def test_a_late_upstream_puts_its_dependant_at_risk_with_the_day_it_began() -> None:
+    # 3b/network-terms (due 30 June 2025) is unfinished on 5 October: it cannot finish
+    # before today, and 1a/cluster-evidence (due 31 October) follows it by 30 days.
+    now = datetime(2025, 10, 5, 12, tzinfo=UTC)
+    health = _rate(now)
+    m = _milestone(health, "1a", "cluster-evidence")
+    assert m.forecast == date(2025, 11, 4)
+    (reason,) = _dependency_reasons(health, "1a")
+    assert (reason.rag, reason.milestone, reason.chain) == (
+        "amber",
+        "cluster-evidence",
+        ("3b/network-terms", "1a/cluster-evidence"),
+    )
+    # From the first day on which today plus the lag passed the due date.
+    assert reason.since == datetime(2025, 10, 2, tzinfo=UTC)
+    assert "at risk because of 3b/network-terms, which is late" in reason.detail
+    assert "forecast 2025-11-04 against due 2025-10-31" in reason.detail
+
+
+def test_lateness_runs_down_the_chain_naming_all_of_it() -> None:
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    uk = _done("2a", "innovate-uk-agreement", "completed", datetime(2025, 12, 1, tzinfo=UTC))
+    health = _rate(now, uk)
+    # spending-review-case (due 31 March 2026) unfinished: pilot-agreement (+90 days) is
+    # pushed to 1 March 2027, and 2a's local programmes (due 31 December 2026) follow it.
+    assert _milestone(health, "1a", "pilot-agreement").forecast == date(2027, 3, 1)
+    local = _milestone(health, "2a", "local-programmes-live")
+    assert local.forecast == date(2027, 3, 1)
+    reasons = {r.milestone: r for r in _dependency_reasons(health, "2a")}
+    assert reasons["local-programmes-live"].chain == (
+        "1a/spending-review-case",
+        "1a/pilot-agreement",
+        "2a/local-programmes-live",
+    )
+    # Completing the root (late, on 15 March 2026) leaves the pilot overdue by itself, but
+    # its forecast (today) no longer pushes 2a past its due date.
+    root = _done("1a", "spending-review-case", "completed", datetime(2026, 3, 15, tzinfo=UTC))
+    health = _rate(now, uk, root)
+    assert _milestone(health, "2a", "local-programmes-live").upstream_risk is None
+    assert _milestone(health, "1a", "pilot-agreement").forecast == date(2026, 12, 1)
+
+
+def test_a_blocked_upstream_puts_every_dependant_at_risk_at_once() -> None:
+    now = datetime(2025, 6, 10, tzinfo=UTC)
+    blocked = _done("3b", "network-terms", "blocked", datetime(2025, 6, 9, tzinfo=UTC))
+    health = _rate(now, blocked)
+    (reason,) = _dependency_reasons(health, "1a")
+    assert reason.chain == ("3b/network-terms", "1a/cluster-evidence")
+    assert reason.since == datetime(2025, 6, 9, tzinfo=UTC)
+    assert [(e.source, e.id) for e in reason.events] == [("greater-manchester", "e-network-terms")]
+    assert "which is blocked" in reason.detail
+    # Completed: no forecast, no risk.
+    done = _done("3b", "network-terms", "completed", datetime(2025, 6, 9, tzinfo=UTC))
+    health = _rate(now, done)
+    assert _dependency_reasons(health, "1a") == []
+    assert _milestone(health, "3b", "network-terms").forecast is None
+
+
+def test_a_catalogue_without_dependencies_costs_nothing() -> None:
+    assert dependencies(CATALOGUE, ProgrammeState(), START) is NO_DEPENDENCIES
+
+
+def test_history_marks_clock_changes() -> None:
+    proposal = CATALOGUE.proposal_by_id["p1"]
+    event = MilestoneState("p1", "m1", "in_progress", START + 2 * DAY, "a", "e1")
+    entries = proposal_history(CATALOGUE, proposal, [event], [], START + 40 * DAY)
+    # The event on day 2 changes nothing (green before and after): no entry. Time alone
+    # then ages its progress (half the 10-day threshold) and stalls it.
+    assert [(e.at, e.cause, e.health.rag, e.health.stalled, e.changed) for e in entries] == [
+        (START, "clock", "green", False, ()),
+        (START + 7 * DAY + EPSILON, "clock", "amber", False, ("rag",)),
+        (START + 12 * DAY + EPSILON, "clock", "red", True, ("rag", "stalled")),
+    ]
+    # Blocked on day 20: an entry caused by the event, naming it.
+    blocked = MilestoneState("p1", "m1", "blocked", START + 20 * DAY, "a", "e2")
+    entries = proposal_history(CATALOGUE, proposal, [event, blocked], [], START + 21 * DAY)
+    last = entries[-1]
+    assert (last.at, last.cause, last.events) == (START + 20 * DAY, "event", (EventRef("a", "e2"),))

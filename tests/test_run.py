@@ -170,10 +170,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
 
 @pytest.mark.slow
 def test_every_part_is_ready_and_listed(stack: RunningStack) -> None:
-    for url in [stack.url, *stack.columns.values()]:
+    for url in [stack.url, *stack.columns.values(), stack.office]:
         assert ready(url), url
     parts = stack.parts()
-    assert set(parts) == {"nats-server", "aggregator", *(f"ingest-{c}" for c in stack.columns)}
+    assert set(parts) == {
+        "nats-server",
+        "aggregator",
+        *(f"ingest-{c}" for c in stack.columns),
+        "office",
+    }
+    # The web board's address is the first thing the run prints, and again once ready.
+    assert stack.lines[0] == f"Web board: {stack.office}/ (starting)\n"
+    ready_at = stack.output.index("COTN delivery monitor is running")
+    assert stack.output[:ready_at].rstrip().endswith(f"Web board: {stack.office}/")
+    assert httpx.get(stack.office + "/", timeout=5).status_code == 200
     assert all(alive(pid) for pid, _ in parts.values())
     assert (stack.data_dir / "logs" / "aggregator.log").exists()
     assert (stack.data_dir / "cotn.db").exists()

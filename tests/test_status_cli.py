@@ -183,3 +183,26 @@ def test_status_refuses_a_bad_url(url: str) -> None:
 def test_status_refuses_a_bad_interval() -> None:
     result = CliRunner().invoke(app, ["status", "--watch", "--interval", "0"])
     assert result.exit_code == 2
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_a_narrow_terminal_wraps_on_word_boundaries(catalogue: Catalogue, width: int) -> None:
+    board = board_json(catalogue)
+    console = Console(file=io.StringIO(), width=width, height=10_000, color_system=None)
+    console.print(fit_board(console, board))
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    words = set(text.split())
+    proposals = [p for c in board["columns"] for p in c["proposals"]]
+    # Ids, sources and rules are whole words: never "mileston" over "es", "(innovate-uk" over ",".
+    for p in proposals:
+        assert p["id"] in words
+        for milestone in p["overdue"]:
+            assert any(milestone in w for w in words), milestone
+        for reason in p["reasons"]:
+            assert any(w.startswith(reason["rule"] + ":") for w in words), reason["rule"]
+    assert "(innovate-uk," in words
+    assert "milestones:" in words
+    assert MARKUP_NOTE in " ".join(text.split())
+    for k in board["kpis"]:
+        assert " ".join(k["title"].split()) in " ".join(text.split())
+    assert all(len(line) <= width for line in text.splitlines())

@@ -2,10 +2,14 @@
 
 Every request reads the stored state in one session and rates it with
 :func:`shared.health.programme_health` at the injected clock's ``now``; nothing is cached,
-so two replicas over one database answer alike. Errors are RFC 9457 problem documents
-(``application/problem+json``), including the 422 of a malformed query parameter and the
-503 (with ``Retry-After``) of a database that cannot answer or is still being migrated,
-which the routes produce themselves so they need no app-wide exception handler.
+so two replicas over one database answer alike. With ``as_at`` or ``known_at`` the state
+is the one the log gives for that instant (``queries.load_state``), rated by the same
+function at that instant; history, changes and a KPI's series come from the same functions.
+Every route refuses a query parameter it does not take (422 naming it). Errors are RFC
+9457 problem documents (``application/problem+json``), including the 422 of a malformed
+query parameter and the 503 (with ``Retry-After``) of a database that cannot answer or is
+still being migrated, which the routes produce themselves so they need no app-wide
+exception handler.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from http import HTTPStatus
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -29,17 +34,32 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.aggregator import queries
 from services.aggregator.board import (
+    LIVE,
+    ChangesOut,
     KpiListOut,
+    KpiSeriesOut,
     ProgrammeOut,
     ProposalDetailOut,
+    ProposalHistoryOut,
+    View,
+    changes_view,
+    history_view,
     kpi_list,
+    kpi_series,
     programme_document,
     proposal_detail,
 )
 from services.aggregator.models import EventPublic
 from shared.catalogue import Catalogue
 from shared.events import Timestamp
-from shared.health import ProgrammeHealth, programme_health
+from shared.health import (
+    ProgrammeHealth,
+    kpi_health,
+    kpi_periods,
+    programme_health,
+    proposal_history,
+    rating_changes,
+)
 from shared.kinds import KINDS
 
 log = logging.getLogger("cotn.aggregator.api")
@@ -194,14 +214,42 @@ def validation_problem(exc: RequestValidationError) -> JSONResponse:
     return problem_response(422, f"invalid query parameter: {names}", errors)
 
 
+def unknown_parameters(request: Request, known: frozenset[str]) -> JSONResponse | None:
+    """The 422 naming each query parameter the endpoint does not take, or None."""
+    unknown = sorted({name for name in request.query_params if name not in known})
+    if not unknown:
+        return None
+    taken = ", ".join(sorted(known)) or "none"
+    errors = [
+        FieldProblem(
+            field=name, reason=f"is not a query parameter of this endpoint (known: {taken})"
+        )
+        for name in unknown
+    ]
+    return problem_response(422, f"unknown query parameter: {', '.join(unknown)}", errors)
+
+
+def query_names(dependant: Dependant) -> frozenset[str]:
+    """The query parameters a route takes, its dependencies' included, by their names."""
+    names = {field.alias for field in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= query_names(sub)
+    return frozenset(names)
+
+
 class ProblemRoute(APIRoute):
     """A route whose request-validation failures and unreadable store come out as problem
-    documents (422 and 503)."""
+    documents (422 and 503), and that refuses a query parameter it does not know (422
+    naming it) instead of ignoring it."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        known = query_names(self.dependant)
 
         async def route(request: Request) -> Response:
+            refused = unknown_parameters(request, known)
+            if refused is not None:
+                return refused
             try:
                 return await handler(request)
             except RequestValidationError as exc:
@@ -212,11 +260,52 @@ class ProblemRoute(APIRoute):
         return route
 
 
-async def read_health(*, catalogue: Catalogue, sessions: Sessions, clock: Clock) -> ProgrammeHealth:
-    """Load the stored state in one session and rate it at the clock's ``now``."""
+async def read_health(
+    *, catalogue: Catalogue, sessions: Sessions, clock: Clock, view: View = LIVE
+) -> ProgrammeHealth:
+    """Load the stored state in one session and rate it at the clock's ``now``; for an
+    ``as_at`` or ``known_at`` view, the state the log gives for it, rated at that instant
+    (``as_at`` if given, else ``known_at``) with the same function."""
     async with sessions() as session:
-        state = await queries.load_state(session=session)
-    return programme_health(catalogue, state, clock())
+        state = await queries.load_state(session=session, as_at=view.as_at, known_at=view.known_at)
+    return programme_health(catalogue, state, rated_at(view, clock))
+
+
+def rated_at(view: View, clock: Clock) -> datetime:
+    """The instant a view is rated at: as_at, else known_at, else now."""
+    return view.as_at or view.known_at or clock()
+
+
+AsAt = Annotated[
+    Timestamp | None,
+    Query(
+        description="The state as now known for this instant (RFC 3339): from events whose "
+        "time is not after it, rated with the clock at that instant; not in the future"
+    ),
+]
+KnownAt = Annotated[
+    Timestamp | None,
+    Query(
+        description="Only what had been stored by this instant (RFC 3339): the board as it "
+        "was shown then; with as_at, both apply; not in the future"
+    ),
+]
+
+
+def view_of(as_at: datetime | None, known_at: datetime | None, clock: Clock) -> View | JSONResponse:
+    """The view a request asks for, or the 422 naming each instant in the future."""
+    now = clock()
+    errors = [
+        FieldProblem(
+            field=name, reason=f"{value.isoformat()} is in the future (now {now.isoformat()})"
+        )
+        for name, value in (("as_at", as_at), ("known_at", known_at))
+        if value is not None and value > now
+    ]
+    if errors:
+        names = ", ".join(e.field for e in errors)
+        return problem_response(422, f"invalid query parameter: {names}", errors)
+    return View(as_at, known_at)
 
 
 def unknown_proposal(catalogue: Catalogue, proposal_id: str) -> JSONResponse:
@@ -234,21 +323,24 @@ def build_read_router(
     """The read API over the stored state; ``ready()`` answers ``(ready, detail)`` for /readyz."""
     router = APIRouter(route_class=ProblemRoute)
 
-    async def snapshot() -> ProgrammeHealth:
-        return await read_health(catalogue=catalogue, sessions=sessions, clock=clock)
+    async def snapshot(view: View = LIVE) -> ProgrammeHealth:
+        return await read_health(catalogue=catalogue, sessions=sessions, clock=clock, view=view)
 
     @router.get(
         "/v1/programme",
         tags=["board"],
         summary="The whole programme board",
         response_model=ProgrammeOut,
-        responses=UNAVAILABLE,
+        responses={**UNPROCESSABLE, **UNAVAILABLE},
     )
-    async def get_programme() -> Response:
+    async def get_programme(as_at: AsAt = None, known_at: KnownAt = None) -> Response:
+        view = view_of(as_at, known_at, clock)
+        if isinstance(view, JSONResponse):
+            return view
         # Serialised straight from the board's plain data: at thousands of milestones a
         # model per milestone would cost more than rating the programme (see board.py).
         with queries.collector_paused():
-            body = to_json(programme_document(catalogue, await snapshot()))
+            body = to_json(programme_document(catalogue, await snapshot(view), view))
         return Response(body, media_type="application/json")
 
     @router.get(
@@ -258,21 +350,133 @@ def build_read_router(
         response_model=ProposalDetailOut,
         responses={**NOT_FOUND, **UNPROCESSABLE, **UNAVAILABLE},
     )
-    async def get_proposal(proposal_id: str) -> ProposalDetailOut | JSONResponse:
+    async def get_proposal(
+        proposal_id: str, as_at: AsAt = None, known_at: KnownAt = None
+    ) -> ProposalDetailOut | JSONResponse:
         if proposal_id not in catalogue.proposal_by_id:
             return unknown_proposal(catalogue, proposal_id)
-        detail = proposal_detail(catalogue, await snapshot(), proposal_id)
+        view = view_of(as_at, known_at, clock)
+        if isinstance(view, JSONResponse):
+            return view
+        detail = proposal_detail(catalogue, await snapshot(view), proposal_id, view)
         assert detail is not None  # the id was checked against the same catalogue
         return detail
+
+    @router.get(
+        "/v1/proposals/{proposal_id}/history",
+        tags=["history"],
+        summary="Each change of a proposal's RAG, stalled and overdue state, oldest first",
+        response_model=ProposalHistoryOut,
+        responses={**NOT_FOUND, **UNPROCESSABLE, **UNAVAILABLE},
+    )
+    async def get_history(
+        proposal_id: str,
+        as_at: Annotated[
+            Timestamp | None,
+            Query(
+                description="The history up to this instant (RFC 3339); known_at, else now, "
+                "if absent"
+            ),
+        ] = None,
+        known_at: KnownAt = None,
+    ) -> ProposalHistoryOut | JSONResponse:
+        proposal = catalogue.proposal_by_id.get(proposal_id)
+        if proposal is None:
+            return unknown_proposal(catalogue, proposal_id)
+        view = view_of(as_at, known_at, clock)
+        if isinstance(view, JSONResponse):
+            return view
+        # Known at an instant: what was known then, so the history runs to then too.
+        until = as_at or known_at or clock()
+        kpis = [k.id for k in catalogue.kpis_evidencing.get(proposal.id, ())]
+        proposals = [proposal.id, *sorted(catalogue.upstream_of.get(proposal.id, ()))]
+        async with sessions() as session:
+            milestones = await queries.milestone_log(
+                session=session, proposals=proposals, as_at=until, known_at=known_at
+            )
+            reports = await queries.kpi_log(
+                session=session, kpis=kpis, as_at=until, known_at=known_at
+            )
+        entries = proposal_history(catalogue, proposal, milestones, reports, until)
+        return history_view(proposal, catalogue.column_of[proposal.id], entries, until, known_at)
+
+    @router.get(
+        "/v1/changes",
+        tags=["history"],
+        summary="The proposals and KPIs whose rating changed between two instants",
+        response_model=ChangesOut,
+        responses={**UNPROCESSABLE, **UNAVAILABLE},
+    )
+    async def get_changes(
+        start: Annotated[
+            Timestamp, Query(alias="from", description="The earlier instant (RFC 3339)")
+        ],
+        end: Annotated[
+            Timestamp | None,
+            Query(alias="to", description="The later instant (RFC 3339); now if absent"),
+        ] = None,
+    ) -> ChangesOut | JSONResponse:
+        now = clock()
+        end_at = end or now
+        errors = [
+            FieldProblem(field=name, reason=f"{value.isoformat()} is in the future")
+            for name, value in (("from", start), ("to", end_at))
+            if value > now
+        ]
+        if not errors and start > end_at:
+            errors.append(FieldProblem(field="from", reason="is after to"))
+        if errors:
+            names = ", ".join(e.field for e in errors)
+            return problem_response(422, f"invalid query parameter: {names}", errors)
+        before = await snapshot(View(as_at=start))
+        after = await snapshot(View(as_at=end_at))
+        proposals, kpis = rating_changes(before, after)
+        return changes_view(start, end_at, proposals, kpis)
 
     @router.get(
         "/v1/kpis",
         tags=["board"],
         summary="Every KPI: actual, expected and target",
-        responses=UNAVAILABLE,
+        response_model=KpiListOut,
+        responses={**UNPROCESSABLE, **UNAVAILABLE},
     )
-    async def get_kpis() -> KpiListOut:
-        return kpi_list(catalogue, await snapshot())
+    async def get_kpis(as_at: AsAt = None, known_at: KnownAt = None) -> KpiListOut | JSONResponse:
+        view = view_of(as_at, known_at, clock)
+        if isinstance(view, JSONResponse):
+            return view
+        return kpi_list(catalogue, await snapshot(view), view)
+
+    @router.get(
+        "/v1/kpis/{kpi_id}",
+        tags=["board"],
+        summary="One KPI: every period's actual and corrections, expected, target, trajectory",
+        response_model=KpiSeriesOut,
+        responses={**NOT_FOUND, **UNPROCESSABLE, **UNAVAILABLE},
+    )
+    async def get_kpi(
+        kpi_id: str, as_at: AsAt = None, known_at: KnownAt = None
+    ) -> KpiSeriesOut | JSONResponse:
+        kpi = catalogue.kpi_by_id.get(kpi_id)
+        if kpi is None:
+            known = ", ".join(k.id for k in catalogue.kpis)
+            return problem_response(404, f"no KPI {kpi_id!r} in the catalogue (known: {known})")
+        view = view_of(as_at, known_at, clock)
+        if isinstance(view, JSONResponse):
+            return view
+        async with sessions() as session:
+            state = await queries.load_state(
+                session=session, as_at=view.as_at, known_at=view.known_at
+            )
+            reports = await queries.kpi_log(
+                session=session, kpis=[kpi.id], as_at=view.as_at, known_at=view.known_at
+            )
+        at = rated_at(view, clock)
+        health = ProgrammeHealth(
+            at=at,
+            proposals={},
+            kpis={kpi.id: kpi_health(kpi, state.kpi_observations.get(kpi.id, ()), at)},
+        )
+        return kpi_series(catalogue, health, kpi, kpi_periods(kpi, reports), view)
 
     async def get_events(
         proposal: Annotated[str | None, Query(description="Only this proposal's events")] = None,
@@ -281,6 +485,17 @@ def build_read_router(
         since: Annotated[
             Timestamp | None,
             Query(description="Only events from this time on (RFC 3339, with its offset)"),
+        ] = None,
+        until: Annotated[
+            Timestamp | None,
+            Query(description="Only events up to this time (RFC 3339, with its offset)"),
+        ] = None,
+        milestone: Annotated[
+            str | None, Query(description="Only events about this milestone")
+        ] = None,
+        kpi: Annotated[str | None, Query(description="Only events about this KPI")] = None,
+        event_id: Annotated[
+            str | None, Query(alias="id", description="Only the event with this id")
         ] = None,
         cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size")] = 100,
@@ -301,6 +516,10 @@ def build_read_router(
                 source=source,
                 type=event_type,
                 since=since,
+                until=until,
+                milestone=milestone,
+                kpi=kpi,
+                event_id=event_id,
                 cursor=cursor,
                 limit=limit,
             )

@@ -10,19 +10,24 @@ carried as plain strings and never interpreted.
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
+from urllib.parse import urlencode
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from shared.catalogue import Catalogue, Kpi, Proposal
+from shared.catalogue import Catalogue, Kpi, Milestone, Proposal
 from shared.health import (
     RAG_VALUE,
+    HistoryEntry,
     KpiHealth,
+    KpiObservation,
+    KpiPeriod,
     MilestoneHealth,
     ProgrammeHealth,
     ProposalHealth,
     Rag,
     Reason,
+    kpi_trajectory,
 )
 from shared.kinds.milestone import MILESTONE_STATUSES, MilestoneStatus
 
@@ -36,6 +41,16 @@ class PointOut(_Out):
     date: date
 
 
+class EventRefOut(_Out):
+    """An event of the audit trail, by the pair that identifies it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: str
+    id: str
+    href: str = Field(description="The event in the audit trail (GET /v1/events)")
+
+
 class ReasonOut(_Out):
     """One rule that coloured a proposal, and what it was about."""
 
@@ -44,13 +59,29 @@ class ReasonOut(_Out):
 
     rule: str = Field(
         description="milestone_blocked, milestone_overdue_beyond_grace, stalled (red); "
-        "milestone_at_risk, milestone_overdue, kpi_off_trajectory, progress_ageing (amber)"
+        "milestone_at_risk, milestone_overdue, milestone_dependency_at_risk, "
+        "kpi_off_trajectory, progress_ageing (amber)"
     )
+    title: str = Field(description="The rule's title for people (Milestone blocked, ...)")
     rag: Rag
     detail: str
     milestone: str | None = Field(description="The milestone the rule is about, if any")
     kpi: str | None = Field(description="The KPI the rule is about, if any")
     since: AwareDatetime | None = Field(description="When the condition started, where known")
+    events: list[EventRefOut] = Field(
+        default_factory=list, description="The stored events behind the reason"
+    )
+    chain: list[str] = Field(
+        default_factory=list,
+        description="milestone_dependency_at_risk: the chain of proposal/milestone, root first, "
+        "ending with the milestone at risk",
+    )
+
+
+class FollowOut(_Out):
+    milestone: str = Field(description="proposal/milestone it follows")
+    lag_seconds: float
+    draft: bool = Field(description="A draft dependency, to be confirmed")
 
 
 class MilestoneOut(_Out):
@@ -63,6 +94,27 @@ class MilestoneOut(_Out):
     updated_at: datetime | None = Field(description="Event time of the status shown")
     source: str | None = Field(description="Authority that reported the status shown")
     note: str | None = Field(description="The reporter's note, as sent (plain text)")
+    event: EventRefOut | None = Field(description="The event of the status shown")
+    follows: list[FollowOut] = Field(description="The milestones it follows (catalogue)")
+    forecast: date | None = Field(
+        description="Forecast finish while unfinished: its due date, pushed by today and by "
+        "what it follows; null once completed"
+    )
+    at_risk_because_of: list[str] = Field(
+        description="The upstream chain (proposal/milestone, root first) that puts it at "
+        "risk; empty if none"
+    )
+
+
+AS_AT_DOC = (
+    "The instant asked for with ?as_at= (state from events whose time is not after it); "
+    "null for the live board"
+)
+KNOWN_AT_DOC = (
+    "The instant asked for with ?known_at= (only events stored by then: the board as it "
+    "was shown); null when not asked"
+)
+GENERATED_AT_DOC = "The instant rated: as_at if given, else known_at, else now"
 
 
 class ProposalOut(_Out):
@@ -118,6 +170,9 @@ class ProposalDetailOut(ProposalOut):
     text: str
     annex_text: str | None
     kpis: list[KpiOut]
+    generated_at: datetime = Field(description=GENERATED_AT_DOC)
+    as_at: datetime | None = Field(description=AS_AT_DOC)
+    known_at: datetime | None = Field(description=KNOWN_AT_DOC)
 
 
 class ColumnOut(_Out):
@@ -131,14 +186,28 @@ class ProgrammeOut(_Out):
 
     name: str
     status: str
-    generated_at: datetime
+    generated_at: datetime = Field(description=GENERATED_AT_DOC)
+    as_at: datetime | None = Field(description=AS_AT_DOC)
+    known_at: datetime | None = Field(description=KNOWN_AT_DOC)
     columns: list[ColumnOut]
     kpis: list[KpiOut]
 
 
 class KpiListOut(_Out):
-    generated_at: datetime
+    generated_at: datetime = Field(description=GENERATED_AT_DOC)
+    as_at: datetime | None = Field(description=AS_AT_DOC)
+    known_at: datetime | None = Field(description=KNOWN_AT_DOC)
     kpis: list[KpiOut]
+
+
+class View(NamedTuple):
+    """Which board a request asked for: live (both None), as at, known at, or both."""
+
+    as_at: datetime | None = None
+    known_at: datetime | None = None
+
+
+LIVE = View()
 
 
 # The views are built as plain dicts shaped exactly like the models' JSON (same keys, same
@@ -151,20 +220,42 @@ def _float(value: float | None) -> float | None:
     return None if value is None else float(value)
 
 
+def event_ref(source: str, event_id: str) -> dict[str, Any]:
+    """The plain data of :class:`EventRefOut`: the event and its place in the audit trail."""
+    query = urlencode({"source": source, "id": event_id})
+    return {"source": source, "id": event_id, "href": f"/v1/events?{query}"}
+
+
 def reason_data(reason: Reason) -> dict[str, Any]:
     """The plain data of :class:`ReasonOut` for one domain reason: the one mapping of a
     reason to the wire, for the board and the status events."""
     return {
         "rule": reason.rule,
+        "title": rule_title(reason.rule),
         "rag": reason.rag,
         "detail": reason.detail,
         "milestone": reason.milestone,
         "kpi": reason.kpi,
         "since": reason.since,
+        "events": [event_ref(e.source, e.id) for e in reason.events],
+        "chain": list(reason.chain),
     }
 
 
-def _milestone(m: MilestoneHealth) -> dict[str, Any]:
+def _follows(proposal: Proposal, milestone: Milestone) -> list[dict[str, Any]]:
+    return [
+        {
+            "milestone": f"{f.proposal or proposal.id}/{f.milestone}",
+            "lag_seconds": f.lag.total_seconds(),
+            "draft": f.draft,
+        }
+        for f in milestone.follows
+    ]
+
+
+def _milestone(proposal: Proposal, m: MilestoneHealth) -> dict[str, Any]:
+    risk = m.upstream_risk
+    entry = proposal.milestone_by_id.get(m.id)
     return {
         "id": m.id,
         "title": m.title,
@@ -175,6 +266,10 @@ def _milestone(m: MilestoneHealth) -> dict[str, Any]:
         "updated_at": m.updated_at,
         "source": m.source,
         "note": m.note,
+        "event": event_ref(m.source, m.event_id) if m.source and m.event_id else None,
+        "follows": _follows(proposal, entry) if entry and entry.follows else [],
+        "forecast": m.forecast,
+        "at_risk_because_of": [f"{p}/{mid}" for p, mid in risk.chain] if risk else [],
     }
 
 
@@ -197,7 +292,7 @@ def _proposal(proposal: Proposal, health: ProposalHealth) -> dict[str, Any]:
         "milestone_counts": counts,
         "unfinished_milestones": len(health.milestones) - counts["completed"],
         "overdue": health.overdue,
-        "milestones": [_milestone(m) for m in health.milestones],
+        "milestones": [_milestone(proposal, m) for m in health.milestones],
     }
 
 
@@ -234,7 +329,9 @@ def _kpis(catalogue: Catalogue, health: ProgrammeHealth) -> list[dict[str, Any]]
     return [_kpi(k, health.kpis[k.id]) for k in catalogue.kpis]
 
 
-def programme_document(catalogue: Catalogue, health: ProgrammeHealth) -> dict[str, Any]:
+def programme_document(
+    catalogue: Catalogue, health: ProgrammeHealth, view: View = LIVE
+) -> dict[str, Any]:
     """The whole board as the plain data of :class:`ProgrammeOut` (what the API serialises)."""
     columns = [
         {
@@ -250,18 +347,22 @@ def programme_document(catalogue: Catalogue, health: ProgrammeHealth) -> dict[st
         "name": catalogue.programme,
         "status": catalogue.status,
         "generated_at": health.at,
+        "as_at": view.as_at,
+        "known_at": view.known_at,
         "columns": columns,
         "kpis": _kpis(catalogue, health),
     }
 
 
-def programme_view(catalogue: Catalogue, health: ProgrammeHealth) -> ProgrammeOut:
+def programme_view(
+    catalogue: Catalogue, health: ProgrammeHealth, view: View = LIVE
+) -> ProgrammeOut:
     """The whole board: columns in catalogue order, each with its proposals, then the KPIs."""
-    return ProgrammeOut.model_validate(programme_document(catalogue, health))
+    return ProgrammeOut.model_validate(programme_document(catalogue, health, view))
 
 
 def proposal_detail(
-    catalogue: Catalogue, health: ProgrammeHealth, proposal_id: str
+    catalogue: Catalogue, health: ProgrammeHealth, proposal_id: str, view: View = LIVE
 ) -> ProposalDetailOut | None:
     """One proposal with its text and evidencing KPIs; None if the catalogue has no such id."""
     proposal = catalogue.proposal_by_id.get(proposal_id)
@@ -274,15 +375,231 @@ def proposal_detail(
             "text": proposal.text,
             "annex_text": proposal.annex_text,
             "kpis": kpis,
+            "generated_at": health.at,
+            "as_at": view.as_at,
+            "known_at": view.known_at,
         }
     )
 
 
-def kpi_list(catalogue: Catalogue, health: ProgrammeHealth) -> KpiListOut:
+def kpi_list(catalogue: Catalogue, health: ProgrammeHealth, view: View = LIVE) -> KpiListOut:
     """Every KPI in catalogue order, at the snapshot's time."""
-    return KpiListOut.model_validate({"generated_at": health.at, "kpis": _kpis(catalogue, health)})
+    return KpiListOut.model_validate(
+        {
+            "generated_at": health.at,
+            "as_at": view.as_at,
+            "known_at": view.known_at,
+            "kpis": _kpis(catalogue, health),
+        }
+    )
 
 
 def rag_value(rag: str) -> int:
     """0 green, 1 amber, 2 red: the number dashboards and alerts compare."""
     return RAG_VALUE[rag]
+
+
+# Time: a proposal's history, the changes between two instants, a KPI's every period.
+
+
+class HistoryEntryOut(_Out):
+    """A change of the proposal's RAG, stalled or overdue state."""
+
+    at: datetime = Field(description="When the change took effect")
+    cause: Literal["event", "clock"] = Field(
+        description="event: events of that instant; clock: time alone (a stall threshold "
+        "crossed, a due date passed, a forecast pushed)"
+    )
+    events: list[EventRefOut] = Field(description="The events of that instant, if any")
+    changed: list[Literal["rag", "stalled", "overdue"]] = Field(
+        description="What changed; empty for the first entry"
+    )
+    rag: Rag
+    stalled: bool
+    overdue: list[str]
+    reasons: list[ReasonOut]
+
+
+class ProposalHistoryOut(_Out):
+    proposal: str
+    column: str
+    generated_at: datetime = Field(description="The history runs to this instant")
+    known_at: datetime | None = Field(description=KNOWN_AT_DOC)
+    entries: list[HistoryEntryOut] = Field(description="Oldest first")
+
+
+class RatingOut(_Out):
+    rag: Rag
+    stalled: bool
+    overdue: list[str]
+    reasons: list[ReasonOut]
+
+
+class ProposalChangeOut(_Out):
+    id: str
+    column: str
+    before: RatingOut
+    after: RatingOut
+
+
+class KpiRatingOut(_Out):
+    actual: float | None
+    actual_period: str | None
+    expected_at_actual: float | None
+    on_track: bool | None
+
+
+class KpiChangeOut(_Out):
+    id: str
+    before: KpiRatingOut
+    after: KpiRatingOut
+
+
+class ChangesOut(_Out):
+    """What changed rating between two instants, each rated as known now (as_at)."""
+
+    from_: datetime = Field(alias="from", serialization_alias="from")
+    to: datetime
+    proposals: list[ProposalChangeOut] = Field(description="Whose (rag, stalled) changed")
+    kpis: list[KpiChangeOut] = Field(description="Whose on-track state changed")
+
+
+class ReportOut(_Out):
+    value: float
+    reported_at: datetime = Field(description="The report's event time")
+    source: str = Field(description="The reporter")
+    event: EventRefOut
+
+
+class KpiPeriodOut(_Out):
+    period: str
+    period_end: date
+    actual: float = Field(description="The newest report of the period")
+    source: str = Field(description="Who reported the actual")
+    reported_at: datetime
+    event: EventRefOut
+    expected: float = Field(description="Trajectory value at the period's end")
+    on_track: bool
+    reports: list[ReportOut] = Field(description="Every report, first then each correction")
+
+
+class KpiSeriesOut(KpiOut):
+    """One KPI with every reported period and its trajectory as a series to draw."""
+
+    generated_at: datetime = Field(description=GENERATED_AT_DOC)
+    as_at: datetime | None = Field(description=AS_AT_DOC)
+    known_at: datetime | None = Field(description=KNOWN_AT_DOC)
+    periods: list[KpiPeriodOut] = Field(description="In period order")
+    trajectory: list[PointOut] = Field(
+        description="The expected path: baseline, each year's end, target"
+    )
+
+
+def _rating(health: ProposalHealth) -> dict[str, Any]:
+    return {
+        "rag": health.rag,
+        "stalled": health.stalled,
+        "overdue": health.overdue,
+        "reasons": [reason_data(r) for r in health.reasons],
+    }
+
+
+def history_view(
+    proposal: Proposal,
+    column: str,
+    entries: list[HistoryEntry],
+    until: datetime,
+    known_at: datetime | None,
+) -> ProposalHistoryOut:
+    """A proposal's history as the read API returns it."""
+    return ProposalHistoryOut.model_validate(
+        {
+            "proposal": proposal.id,
+            "column": column,
+            "generated_at": until,
+            "known_at": known_at,
+            "entries": [
+                {
+                    "at": e.at,
+                    "cause": e.cause,
+                    "events": [event_ref(r.source, r.id) for r in e.events],
+                    "changed": list(e.changed),
+                    **_rating(e.health),
+                }
+                for e in entries
+            ],
+        }
+    )
+
+
+def _kpi_rating(health: KpiHealth) -> dict[str, Any]:
+    return {
+        "actual": _float(health.actual),
+        "actual_period": health.actual_period,
+        "expected_at_actual": _float(health.expected_at_actual),
+        "on_track": health.on_track,
+    }
+
+
+def changes_view(
+    start: datetime,
+    end: datetime,
+    proposals: list[tuple[ProposalHealth, ProposalHealth]],
+    kpis: list[tuple[KpiHealth, KpiHealth]],
+) -> ChangesOut:
+    """The changes between two ratings as the read API returns them."""
+    return ChangesOut.model_validate(
+        {
+            "from": start,
+            "to": end,
+            "proposals": [
+                {"id": b.id, "column": b.column, "before": _rating(b), "after": _rating(a)}
+                for b, a in proposals
+            ],
+            "kpis": [
+                {"id": b.id, "before": _kpi_rating(b), "after": _kpi_rating(a)} for b, a in kpis
+            ],
+        }
+    )
+
+
+def _report(o: KpiObservation) -> dict[str, Any]:
+    return {
+        "value": float(o.value),
+        "reported_at": o.event_time,
+        "source": o.source,
+        "event": event_ref(o.source, o.event_id or ""),
+    }
+
+
+def kpi_series(
+    catalogue: Catalogue,
+    health: ProgrammeHealth,
+    kpi: Kpi,
+    periods: list[KpiPeriod],
+    view: View = LIVE,
+) -> KpiSeriesOut:
+    """One KPI with every period and its trajectory, as the read API returns it."""
+    return KpiSeriesOut.model_validate(
+        {
+            **_kpi(kpi, health.kpis[kpi.id]),
+            "generated_at": health.at,
+            "as_at": view.as_at,
+            "known_at": view.known_at,
+            "periods": [
+                {
+                    "period": p.period,
+                    "period_end": p.period_end,
+                    "actual": float(p.actual.value),
+                    "source": p.actual.source,
+                    "reported_at": p.actual.event_time,
+                    "event": event_ref(p.actual.source, p.actual.event_id or ""),
+                    "expected": float(p.expected),
+                    "on_track": p.on_track,
+                    "reports": [_report(o) for o in p.reports],
+                }
+                for p in periods
+            ],
+            "trajectory": [{"date": d, "value": float(v)} for d, v in kpi_trajectory(kpi)],
+        }
+    )

@@ -28,6 +28,7 @@ from prometheus_client.utils import floatToGoString
 from services.aggregator.api import (
     STORE_UNAVAILABLE,
     Clock,
+    ProblemRoute,
     Sessions,
     log_unreadable,
     read_health,
@@ -218,7 +219,7 @@ def build_metrics_router(
 ) -> APIRouter:
     """``GET /metrics`` in the Prometheus text format: ``operational``'s registry, then the
     programme gauges."""
-    router = APIRouter()
+    router = APIRouter(route_class=ProblemRoute)
     last_read = b""
 
     @router.get(

@@ -48,6 +48,9 @@ class Event(EventBase, table=True):
     __table_args__ = (
         sa.Index("ix_event_stream_seq", "stream_seq"),
         sa.Index("ix_event_proposal_stream_seq", "proposal", "stream_seq"),
+        # The state as at an instant: per key, the newest event up to it (queries.load_state).
+        sa.Index("ix_event_milestone_time", "proposal", "milestone", "event_time", "stream_seq"),
+        sa.Index("ix_event_kpi_time", "kpi", "event_time", "stream_seq"),
     )
 
     source: str = Field(primary_key=True, max_length=Id)

@@ -12,9 +12,10 @@ import binascii
 import gc
 import json
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -27,16 +28,55 @@ from services.aggregator.storage.log import (
     EVENT,
     PROPOSAL_STATUS,
     PUBLIC_COLUMNS,
+    Condition,
     execute,
+    log_rows,
+    projections,
     tuples,
 )
 from shared.health import KpiObservation, MilestoneState, ProgrammeState
 from shared.kinds.kpi import KPI_OBSERVATION
+from shared.kinds.kpi import TYPE as KPI_TYPE
 from shared.kinds.milestone import MILESTONE_STATE
+from shared.kinds.milestone import TYPE as MILESTONE_TYPE
 
 
-async def load_state(*, session: AsyncSession) -> ProgrammeState:
-    """Every milestone state and KPI observation the projections hold."""
+def _known(as_at: datetime | None, known_at: datetime | None) -> list[Condition]:
+    """The log conditions of a view: events whose time is not after ``as_at`` and that
+    were stored (``received_at``) by ``known_at``."""
+    conditions: list[Condition] = []
+    if as_at is not None:
+        conditions.append(lambda log: log.c.event_time <= as_at)
+    if known_at is not None:
+        conditions.append(lambda log: log.c.received_at <= known_at)
+    return conditions
+
+
+def _projection(kind: str) -> Any:
+    return next(p for p in projections(EVENT) if p.kind == kind)
+
+
+def _milestone_state(row: Any) -> MilestoneState:
+    proposal, milestone, status, event_time, _seq, source, event_id, note = row
+    return MilestoneState(proposal, milestone, status, event_time, source, event_id, note)
+
+
+def _kpi_observation(row: Any) -> KpiObservation:
+    kpi, period, value, event_time, _seq, source, event_id = row
+    return KpiObservation(kpi, period, value, event_time, source, event_id)
+
+
+async def load_state(
+    *,
+    session: AsyncSession,
+    as_at: datetime | None = None,
+    known_at: datetime | None = None,
+) -> ProgrammeState:
+    """Every milestone state and KPI observation the projections hold; with ``as_at`` or
+    ``known_at``, the state the log gives from events whose time is not after ``as_at``
+    and that had been stored by ``known_at`` (see :func:`~.storage.log.newest_as_at`)."""
+    if as_at is not None or known_at is not None:
+        return await _load_state_at(session, _known(as_at, known_at))
     m = MILESTONE_STATE.c
     rows = await execute(
         session,
@@ -50,13 +90,54 @@ async def load_state(*, session: AsyncSession) -> ProgrammeState:
     rows = await execute(
         session,
         sa.select(
-            k.kpi, k.period, k.value, backend(session).aware(k.event_time), k.source
+            k.kpi, k.period, k.value, backend(session).aware(k.event_time), k.source, k.event_id
         ).order_by(k.kpi, k.period),
     )
     observations: dict[str, list[KpiObservation]] = defaultdict(list)
-    for kpi, period, value, event_time, source in tuples(rows):
-        observations[kpi].append(KpiObservation(kpi, period, value, event_time, source))
+    for kpi, period, value, event_time, source, event_id in tuples(rows):
+        observations[kpi].append(KpiObservation(kpi, period, value, event_time, source, event_id))
     return ProgrammeState(milestones=milestones, kpi_observations=dict(observations))
+
+
+async def _load_state_at(session: AsyncSession, where: list[Condition]) -> ProgrammeState:
+    database = backend(session)
+    for setting in database.AS_AT_SETTINGS:
+        await execute(session, sa.text(setting))
+    newest_as_at = database.newest_as_at
+    rows = await execute(session, newest_as_at(_projection(MILESTONE_TYPE), *where))
+    milestones = {(row[0], row[1]): _milestone_state(row) for row in tuples(rows)}
+    rows = await execute(session, newest_as_at(_projection(KPI_TYPE), *where))
+    observations: dict[str, list[KpiObservation]] = defaultdict(list)
+    for row in sorted(tuples(rows), key=lambda r: (r[0], r[1])):
+        observations[row[0]].append(_kpi_observation(row))
+    return ProgrammeState(milestones=milestones, kpi_observations=dict(observations))
+
+
+async def milestone_log(
+    *,
+    session: AsyncSession,
+    proposals: Iterable[str],
+    as_at: datetime | None = None,
+    known_at: datetime | None = None,
+) -> list[MilestoneState]:
+    """Every milestone event of ``proposals`` up to the view, in fold order (event time,
+    then stream sequence): one proposal's timeline, not the whole log."""
+    where = [c(EVENT) for c in _known(as_at, known_at)]
+    query = log_rows(_projection(MILESTONE_TYPE), EVENT.c.proposal.in_(list(proposals)), *where)
+    return [_milestone_state(row) for row in tuples(await execute(session, query))]
+
+
+async def kpi_log(
+    *,
+    session: AsyncSession,
+    kpis: Iterable[str],
+    as_at: datetime | None = None,
+    known_at: datetime | None = None,
+) -> list[KpiObservation]:
+    """Every report of ``kpis`` up to the view, in fold order, corrections included."""
+    where = [c(EVENT) for c in _known(as_at, known_at)]
+    query = log_rows(_projection(KPI_TYPE), EVENT.c.kpi.in_(list(kpis)), *where)
+    return [_kpi_observation(row) for row in tuples(await execute(session, query))]
 
 
 @contextmanager
@@ -105,10 +186,15 @@ async def list_events(
     source: str | None = None,
     type: str | None = None,
     since: datetime | None = None,
+    until: datetime | None = None,
+    milestone: str | None = None,
+    kpi: str | None = None,
+    event_id: str | None = None,
     cursor: str | None = None,
     limit: int = 100,
 ) -> tuple[list[EventPublic], str | None]:
-    """The audit trail in stream order, filtered; ``since`` compares the events' own time.
+    """The audit trail in stream order, filtered; ``since`` and ``until`` (both inclusive)
+    compare the events' own time.
 
     Returns one page and the cursor of the next page (None after the last).
     """
@@ -118,11 +204,16 @@ async def list_events(
         (EVENT.c.proposal, proposal),
         (EVENT.c.source, source),
         (EVENT.c.type, type),
+        (EVENT.c.milestone, milestone),
+        (EVENT.c.kpi, kpi),
+        (EVENT.c.event_id, event_id),
     ):
         if value is not None:
             query = query.where(column == value)
     if since is not None:
         query = query.where(EVENT.c.event_time >= since)
+    if until is not None:
+        query = query.where(EVENT.c.event_time <= until)
     if cursor is not None:
         query = query.where(sa.tuple_(*order) > sa.tuple_(*decode_cursor(cursor)))
     rows = (await execute(session, query)).mappings().all()

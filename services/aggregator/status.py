@@ -31,7 +31,7 @@ from services.aggregator.queries import load_state, proposal_statuses
 from services.aggregator.store import record_status_change
 from shared.bus import CONTENT_TYPE, MSG_ID_HEADER, STATUS_STREAM, msg_id, status_subject
 from shared.catalogue import Catalogue
-from shared.health import ProposalHealth, Rag, kpis_health, proposal_health
+from shared.health import ProposalHealth, Rag, dependencies, kpis_health, proposal_health
 
 log = logging.getLogger("cotn.aggregator.status")
 
@@ -177,12 +177,14 @@ class StatusPublisher:
             published = await proposal_statuses(session=session)
         catalogue = self._catalogue
         kpis = kpis_health(catalogue, state, now)
+        # Rated across proposals once: a dependant's status changes with its upstream's.
+        deps = dependencies(catalogue, state, now)
         sent = []
         for i, proposal in enumerate(catalogue.proposals):
             if i % RATE_CHUNK == RATE_CHUNK - 1:
                 # Rating a large programme takes tens of milliseconds: let reads in between.
                 await asyncio.sleep(0)
-            health = proposal_health(catalogue, proposal, state, kpis, now)
+            health = proposal_health(catalogue, proposal, state, kpis, now, deps)
             previous = published.get(proposal.id, (None, None))
             if previous != (health.rag, health.stalled):
                 event = await self._publish_change(health, previous, now)

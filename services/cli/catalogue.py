@@ -95,7 +95,16 @@ def _column_tree(catalogue: Catalogue, column_id: str) -> Tree:
     for proposal in catalogue.proposals_of(column_id):
         branch = tree.add(_proposal_label(proposal))
         for milestone in proposal.milestones:
-            branch.add(Text(f"{milestone.due}  {milestone.id}: {milestone.title}"))
+            line = Text(f"{milestone.due}  {milestone.id}: {milestone.title}")
+            if milestone.follows:
+                after = ", ".join(
+                    f"{f.proposal or proposal.id}/{f.milestone}"
+                    + (f" +{format_duration(f.lag)}" if f.lag else "")
+                    + (" (draft)" if f.draft else "")
+                    for f in milestone.follows
+                )
+                line.append(f"  follows {after}", style="dim")
+            branch.add(line)
     return tree
 
 

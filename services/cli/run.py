@@ -1,10 +1,11 @@
 """``cotn run``: the whole pipeline on one machine, supervised, with an optional demo feed.
 
 Parts: a nats-server with JetStream (unless ``--nats-url``), the aggregator on the base
-port and one column service per catalogue column on the ports after it, each a child
-process started as ``cotn serve ...``. Every port is checked before anything starts; the
-board shows once every part answers ``/readyz``. Ctrl-C or SIGTERM stops the demo feed,
-then the services, then nats-server, and leaves nothing running.
+port, one column service per catalogue column on the ports after it and the office web
+board on the port after those, each a child process started as ``cotn serve ...``.
+Every port is checked before anything starts; the board shows once every part answers
+``/readyz``. Ctrl-C or SIGTERM stops the demo feed, then the web board, then the services,
+then nats-server, and leaves nothing running.
 
 The embedded nats-server runs with the project's least-privilege users
 (:mod:`shared.natsauth`) and passwords generated for each run, kept in
@@ -19,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import secrets
 import signal
 import sys
 import time
@@ -50,7 +53,7 @@ from services.cli.supervisor import Part, RestartLimitExceeded, Supervisor, port
 from services.demo.feed import Feed, demo_tokens
 from services.demo.history import story_authorities
 from shared.catalogue import DEFAULT_CATALOGUE, Catalogue
-from shared.deployment import column_ports, service_name
+from shared.deployment import column_ports, office_port, service_name
 from shared.natsauth import (
     ADMIN_USER,
     AGGREGATOR_USER,
@@ -91,6 +94,7 @@ class Stack:
     admin_url: str
     """NATS as the administrator, who sets up the streams and the consumer."""
     nats: Part | None = None
+    office: Part | None = None
 
 
 def register(parent: typer.Typer) -> None:
@@ -144,7 +148,8 @@ def plan_stack(
     nats_url: str | None,
     database_url: str | None,
 ) -> Stack:
-    """The parts of the run: ports ``port`` (aggregator), ``port + 1``.. (columns, in order)."""
+    """The parts of the run: ports ``port`` (aggregator), ``port + 1``.. (columns, in order),
+    then the office web board."""
     log_dir = data_dir / "logs"
     parts: list[Part] = []
     column_ids = [c.id for c in catalogue.columns]
@@ -200,8 +205,45 @@ def plan_stack(
             env=_bus_env("COTN_INGEST_", url_of(ingest_user(column_id))),
         )
     parts += columns.values()
+    office = _office_part(log_dir, office_port(column_ids, port), aggregator.url, data_dir)
+    parts.append(office)
     return Stack(
-        parts, nats_url, database_url, aggregator, columns, data_dir, url_of(ADMIN_USER), nats
+        parts,
+        nats_url,
+        database_url,
+        aggregator,
+        columns,
+        data_dir,
+        url_of(ADMIN_USER),
+        nats,
+        office,
+    )
+
+
+def _office_part(log_dir: Path, port: int, aggregator_url: str, data_dir: Path) -> Part:
+    """The web board; open on loopback (development, unless COTN_ENV says otherwise), its
+    session key made for this run."""
+    return Part(
+        name="office",
+        argv=_serve_argv(
+            "office",
+            "--port",
+            str(port),
+            "--aggregator-url",
+            aggregator_url,
+            "--data-dir",
+            str(data_dir),
+            "--host",
+            HOST,
+        ),
+        log=log_dir / "office.log",
+        port=port,
+        host=HOST,
+        stage=2,
+        env={
+            "COTN_ENV": os.environ.get("COTN_ENV", "development"),
+            "COTN_OFFICE_SECRET_KEY": secrets.token_urlsafe(32),
+        },
     )
 
 
@@ -341,6 +383,8 @@ def endpoints_table(stack: Stack) -> Table:
 
 
 def print_endpoints(console: Console, stack: Stack, took: float) -> None:
+    if stack.office is not None:
+        console.print(Text(f"Web board: {stack.office.url}/", style="bold"), soft_wrap=True)
     console.print(endpoints_table(stack))
     aggregator = stack.aggregator.url
     for line in (
@@ -419,7 +463,8 @@ def run(
         typer.Option(
             min=1,
             max=65530,
-            help="Aggregator port; the column services take the next ports, one per column.",
+            help="Aggregator port; the column services take the next ports, one per column, "
+            "and the web board the port after them.",
         ),
     ] = DEFAULT_PORT,
     catalogue: CatalogueOption = DEFAULT_CATALOGUE,
@@ -465,6 +510,8 @@ def run(
             f"it or choose another --port"
         )
     console = Console(highlight=False)
+    if stack.office is not None:
+        console.print(Text(f"Web board: {stack.office.url}/ (starting)", style="bold"))
     supervisor = Supervisor(stack.parts, report=lambda line: _report(console, line))
     # SIGTERM before the event loop takes over stops the run as Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)

@@ -1,9 +1,9 @@
-"""``cotn serve ingest|aggregator``: run one service with uvicorn.
+"""``cotn serve ingest|aggregator|office``: run one service with uvicorn.
 
 ``cotn run`` starts its parts with these commands and docker-compose runs the same ones,
 so the embedded run and a deployment start the same programs. Settings come from the
-service's environment (``COTN_INGEST_*``, ``COTN_AGGREGATOR_*``); an option given here
-overrides its variable.
+service's environment (``COTN_INGEST_*``, ``COTN_AGGREGATOR_*``, ``COTN_OFFICE_*``); an
+option given here overrides its variable.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from services.cli.supervisor import port_is_free
 
 GRACEFUL_SHUTDOWN = 10
 """Seconds uvicorn gives requests in flight after SIGTERM."""
+OFFICE_GRACEFUL_SHUTDOWN = 2
+"""The office's: its live-update streams never end by themselves, so they are cut sooner."""
 
 app = typer.Typer(
     help="Run one service in the foreground (what `cotn run` and docker-compose start).",
@@ -89,7 +91,13 @@ def _stopped(signum: int, frame: FrameType | None) -> None:
     """SIGTERM once uvicorn has shut down: the stop was graceful, the exit code says so."""
 
 
-def _serve(application: Any, host: str, port: int, log_level: LogLevel) -> None:
+def _serve(
+    application: Any,
+    host: str,
+    port: int,
+    log_level: LogLevel,
+    graceful_shutdown: int = GRACEFUL_SHUTDOWN,
+) -> None:
     """Run ``application`` until SIGINT or SIGTERM; refuse a busy port in one line first.
 
     A graceful stop on SIGTERM exits 0: after shutting down, uvicorn raises the signal
@@ -105,7 +113,7 @@ def _serve(application: Any, host: str, port: int, log_level: LogLevel) -> None:
         host=host,
         port=port,
         log_level=log_level.value,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
+        timeout_graceful_shutdown=graceful_shutdown,
     )
 
 
@@ -179,3 +187,28 @@ def aggregator(
     except ValueError as exc:
         fail(f"cannot start the aggregator: {exc}", EXIT_FAILED)
     _serve(application, settings.host, settings.port, log_level)
+
+
+@app.command()
+def office(
+    host: HostOption = None,
+    port: PortOption = None,
+    aggregator_url: Annotated[
+        str | None,
+        typer.Option(help="Base URL of the aggregator's read API.", show_default=False),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(metavar="DIR", help="Where tokens.json lives (login).", show_default=False),
+    ] = None,
+    log_level: LogLevelOption = LogLevel.info,
+) -> None:
+    """Run the programme office's web board: pages over the aggregator's read API."""
+    from services.office.app import create_app
+    from services.office.settings import OfficeSettings
+
+    settings = _settings(
+        OfficeSettings,
+        _given(host=host, port=port, aggregator_url=aggregator_url, data_dir=data_dir),
+    )
+    _serve(create_app(settings), settings.host, settings.port, log_level, OFFICE_GRACEFUL_SHUTDOWN)

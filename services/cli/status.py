@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, date, datetime
+from datetime import time as dt_time
 from typing import Annotated, Any
 
 import httpx
@@ -18,6 +19,7 @@ import typer
 from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
@@ -50,11 +52,12 @@ def programme_url(url: str) -> str:
     return url.rstrip("/") + "/v1/programme"
 
 
-def fetch_board(url: str, timeout: float = 5.0) -> Board:
-    """GET the board from the aggregator at ``url``; one clear reason if that fails."""
+def fetch_board(url: str, timeout: float = 5.0, view: Mapping[str, str] | None = None) -> Board:
+    """GET the board from the aggregator at ``url`` (``view``: its as_at and known_at
+    parameters); one clear reason if that fails."""
     endpoint = programme_url(url)
     try:
-        response = httpx.get(endpoint, timeout=timeout)
+        response = httpx.get(endpoint, timeout=timeout, params=dict(view or {}))
     except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
         fail(f"invalid --url {url}: {exc}", EXIT_BAD_INPUT)
     except httpx.TransportError as exc:
@@ -120,6 +123,9 @@ def _reasons(proposal: Board, compact: bool) -> Text:
 
 # Verdict columns keep a fixed width so no terminal cuts them: "AMBER", "STALLED", "no report".
 FIXED_WIDTH = {"RAG": 5, "stalled": 10, "on track": 9}
+NARROW_BELOW = 140
+"""Terminals narrower than this get the proposals as a list: six table columns would cut
+ids, sources and headers mid-word at 80 or 120 columns."""
 
 
 def _table(title: str, columns: list[str], ratios: list[int], compact: bool) -> Table:
@@ -140,7 +146,9 @@ def _table(title: str, columns: list[str], ratios: list[int], compact: bool) -> 
             name.removesuffix(">"),
             justify="right" if name.endswith(">") else "left",
             ratio=None if name in FIXED_WIDTH else ratio,
-            width=FIXED_WIDTH.get(name),
+            # For a ratio column the width is its least: a header is never broken
+            # ("milestones", not "mileston" over "es").
+            width=FIXED_WIDTH.get(name, len(name.removesuffix(">"))),
             no_wrap=compact,
             overflow="ellipsis" if compact else "fold",
         )
@@ -155,16 +163,25 @@ def _stalled(proposal: Board, compact: bool) -> Text:
     return cell
 
 
+def _newest_note(proposal: Board) -> Text | None:
+    """The newest note a partner sent, with who and when."""
+    reported = [m for m in proposal.get("milestones", []) if m.get("note") and m.get("updated_at")]
+    if not reported:
+        return None
+    newest = max(reported, key=lambda m: datetime.fromisoformat(m["updated_at"]))
+    return Text(
+        f'"{newest["note"]}" ({newest["source"]}, {_when(newest["updated_at"])})',
+        style="dim italic",
+    )
+
+
 def _proposal(proposal: Board, compact: bool) -> Text:
     """Id and title; in full, the newest note a partner sent, with who and when."""
     cell = Text(f"{proposal['id']} {proposal['title']}")
-    reported = [m for m in proposal.get("milestones", []) if m.get("note") and m.get("updated_at")]
-    if not compact and reported:
-        newest = max(reported, key=lambda m: datetime.fromisoformat(m["updated_at"]))
-        cell.append(
-            f'\n"{newest["note"]}" ({newest["source"]}, {_when(newest["updated_at"])})',
-            style="dim italic",
-        )
+    note = None if compact else _newest_note(proposal)
+    if note is not None:
+        cell.append("\n")
+        cell.append_text(note)
     return cell
 
 
@@ -186,6 +203,37 @@ def proposal_table(column: Board, compact: bool = False) -> Table:
             _reasons(p, compact),
         )
     return table
+
+
+def proposal_list(column: Board) -> Group:
+    """One column's proposals for a narrow terminal: a block per proposal whose lines wrap
+    at spaces only, so ids, sources and rules stay whole words."""
+    blocks: list[RenderableType] = [Text(f"{column['title']} ({column['id']})", style="italic")]
+    for p in column["proposals"]:
+        head = Text("\n")
+        head.append(p["rag"].upper(), style=RAG_STYLE.get(p["rag"], ""))
+        head.append("  ")
+        head.append_text(_proposal(p, compact=True))
+        if p["stalled"]:
+            head.append("  STALLED", style="bold red")
+        last = p["last_progress"] if p["has_progress"] else None
+        head.append(f"  last progress {_when(last)}", style="dim")
+        blocks.append(head)
+        blocks.append(Text("  milestones: ").append_text(_counts(p["milestone_counts"])))
+        if p["overdue"]:
+            blocks.append(Text(f"  overdue: {', '.join(p['overdue'])}", style="red"))
+        reasons = _reasons(p, compact=False)
+        if reasons.plain:
+            blocks.append(_indent(reasons))
+        note = _newest_note(p)
+        if note is not None:
+            blocks.append(_indent(note))
+    return Group(*blocks)
+
+
+def _indent(text: Text) -> Padding:
+    """``text`` indented by two spaces, its wrapped lines too."""
+    return Padding(text, (0, 0, 0, 2))
 
 
 def _on_track(kpi: Board) -> Text:
@@ -219,6 +267,25 @@ def kpi_table(kpis: list[Board], compact: bool = False) -> Table:
     return table
 
 
+def kpi_lines(kpis: list[Board]) -> Group:
+    """Every KPI for a narrow terminal: one wrapped block each, whole words only."""
+    blocks: list[RenderableType] = [Text("KPIs", style="italic")]
+    for k in kpis:
+        line = Text("\n")
+        line.append_text(_on_track(k))
+        line.append(f"  {k['title']}")
+        blocks.append(line)
+        figures = Text("actual ").append_text(_number(k["actual"], k["unit"]))
+        if k["actual_period"]:
+            figures.append(f" ({k['actual_period']})", style="dim")
+        figures.append("; expected then ").append_text(_number(k["expected_at_actual"]))
+        figures.append(", now ").append_text(_number(k["expected"]))
+        figures.append("; target ").append_text(_number(k["target"]["value"], k["unit"]))
+        figures.append(f" by {k['target']['date'][:4]}")
+        blocks.append(_indent(figures))
+    return Group(*blocks)
+
+
 def summary(board: Board) -> Text:
     """One line: how many proposals are red, amber, green and stalled, and KPIs off track."""
     proposals = [p for c in board["columns"] for p in c["proposals"]]
@@ -233,11 +300,18 @@ def summary(board: Board) -> Text:
     return line
 
 
-def render_board(board: Board, note: Text | None = None, compact: bool = False) -> Group:
-    """The whole board: summary, a table per column, the KPIs (and a note, if any)."""
+def render_board(
+    board: Board, note: Text | None = None, compact: bool = False, narrow: bool = False
+) -> Group:
+    """The whole board: summary, a table (or, ``narrow``, a list) per column, the KPIs (and
+    a note, if any)."""
     parts: list[RenderableType] = [summary(board)]
-    parts += [proposal_table(c, compact) for c in board["columns"]]
-    parts.append(kpi_table(board["kpis"], compact))
+    if narrow and not compact:
+        parts += [proposal_list(c) for c in board["columns"]]
+        parts.append(kpi_lines(board["kpis"]))
+    else:
+        parts += [proposal_table(c, compact) for c in board["columns"]]
+        parts.append(kpi_table(board["kpis"], compact))
     if note is not None:
         parts.append(note)
     return Group(*parts)
@@ -245,7 +319,7 @@ def render_board(board: Board, note: Text | None = None, compact: bool = False) 
 
 def fit_board(console: Console, board: Board, note: Text | None = None) -> Group:
     """The full board if it fits the terminal's height, else the compact one (for live views)."""
-    full = render_board(board, note)
+    full = render_board(board, note, narrow=console.width < NARROW_BELOW)
     if len(console.render_lines(full, pad=False)) < console.height:
         return full
     return render_board(board, note, compact=True)
@@ -258,30 +332,83 @@ def status(
         float, typer.Option(min=0.5, help="Seconds between refreshes with --watch.")
     ] = 2.0,
     timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to wait for an answer.")] = 5.0,
+    as_at: Annotated[
+        str | None,
+        typer.Option(
+            "--as-at",
+            metavar="DATE",
+            help="The board as now known for a past instant: an RFC 3339 time, or a date "
+            "(its end, UTC).",
+        ),
+    ] = None,
+    known_at: Annotated[
+        str | None,
+        typer.Option(
+            "--known-at",
+            metavar="DATE",
+            help="Only what had been received by then: the board as it was shown.",
+        ),
+    ] = None,
 ) -> None:
     """Show the programme board: RAG, stalls, overdue milestones and KPIs, per column."""
+    view = {
+        name: instant(value, option)
+        for name, value, option in (
+            ("as_at", as_at, "--as-at"),
+            ("known_at", known_at, "--known-at"),
+        )
+        if value is not None
+    }
     try:
-        board = fetch_board(url, timeout)
+        board = fetch_board(url, timeout, view) if view else fetch_board(url, timeout)
     except BoardUnavailable as exc:
         fail(str(exc), EXIT_UNAVAILABLE)
     console = Console()
+    if view:
+        shown = ", ".join(f"{name.replace('_', ' ')} {board.get(name)}" for name in view)
+        console.print(Text(f"Board {shown}", style="bold"))
     if not watch:
-        console.print(render_board(board))
+        console.print(render_board(board, narrow=console.width < NARROW_BELOW))
         return
     try:
-        _watch(console, url, board, interval, timeout)
+        _watch(console, url, board, interval, timeout, view)
     except KeyboardInterrupt:
         return
 
 
-def _watch(console: Console, url: str, board: Board, interval: float, timeout: float) -> None:
+def instant(value: str, option: str) -> str:
+    """An option's instant as the read API takes it: RFC 3339 as given, or a date's end
+    (UTC; now, for today)."""
+    try:
+        day = date.fromisoformat(value)
+    except ValueError:
+        try:
+            datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            fail(
+                f"invalid {option} {value!r}: give a date (2026-03-01) or an RFC 3339 time",
+                EXIT_BAD_INPUT,
+            )
+        return value
+    end = min(datetime.combine(day, dt_time.max, tzinfo=UTC), datetime.now(UTC))
+    return end.isoformat().replace("+00:00", "Z")
+
+
+def _watch(
+    console: Console,
+    url: str,
+    board: Board,
+    interval: float,
+    timeout: float,
+    view: Mapping[str, str] | None = None,
+) -> None:
     """Refresh the board in place; a failed refresh keeps the last board and says why."""
     with Live(fit_board(console, board), console=console, auto_refresh=False) as live:
         while True:
             time.sleep(interval)
             note = None
             try:
-                board = fetch_board(url, timeout)
+                board = fetch_board(url, timeout, view) if view else fetch_board(url, timeout)
             except BoardUnavailable as exc:
                 note = Text(f"last refresh failed: {exc}", style="yellow")
             live.update(fit_board(console, board, note), refresh=True)

@@ -260,7 +260,9 @@ def milestone_history(catalogue: Catalogue, scenario: Scenario, now: datetime) -
         source = reporter_of(proposal)
         column = catalogue.column_of[proposal.id]
         for s in steps:
-            event_id = f"{DEMO_ID_PREFIX}-{proposal.id}-{s.milestone}-{s.status}-{s.tag}"
+            event_id = (
+                f"{DEMO_ID_PREFIX}-{proposal.id}-{s.milestone}-{s.status}-{s.tag}-{s.time:%Y%m%d}"
+            )
             event = milestone_event(
                 event_id=event_id,
                 source=source,
@@ -319,8 +321,15 @@ def kpi_history(catalogue: Catalogue, scenario: Scenario, now: datetime) -> list
 
 
 def history(catalogue: Catalogue, scenario: Scenario, now: datetime) -> list[Post]:
-    """The whole backfill, oldest first."""
-    posts = milestone_history(catalogue, scenario, now) + kpi_history(catalogue, scenario, now)
+    """The whole backfill, oldest first, as of the start of ``now``'s day (UTC).
+
+    The same on every run of a day, so a backfill sent again is answered as duplicates: an
+    id names one event for ever, and the same id with another time would be a 409. The
+    reports placed relative to today carry their day in their ids, so tomorrow's backfill
+    sends them as new reports instead of changed ones.
+    """
+    today = datetime.combine(now.astimezone(UTC).date(), time(), tzinfo=UTC)
+    posts = milestone_history(catalogue, scenario, today) + kpi_history(catalogue, scenario, today)
     return sorted(posts, key=lambda p: p.time)
 
 

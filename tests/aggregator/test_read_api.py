@@ -414,7 +414,11 @@ async def test_programme_board(stack: Stack) -> None:
             "63306.4 expected",
             "milestone": None,
             "kpi": "life-sciences-jobs",
-            "since": None,
+            "since": "2025-07-01T00:00:00Z",
+            "events": [
+                {"source": "nhsa", "id": "nhsa-1", "href": "/v1/events?source=nhsa&id=nhsa-1"}
+            ],
+            "chain": [],
         }
     ]
     assert datetime.fromisoformat(p1a["last_progress"]) == ts("2025-07-20T08:00")
@@ -439,6 +443,14 @@ async def test_programme_board(stack: Stack) -> None:
         "updated_at": first["updated_at"],
         "source": "greater-manchester",
         "note": None,
+        "event": {
+            "source": "greater-manchester",
+            "id": "gm-1",
+            "href": "/v1/events?source=greater-manchester&id=gm-1",
+        },
+        "follows": [],
+        "forecast": None,
+        "at_risk_because_of": [],
     }
     assert datetime.fromisoformat(first["updated_at"]) == ts("2025-06-20T10:00")
     assert (second["status"], second["note"]) == ("in_progress", NOTE)
@@ -448,7 +460,13 @@ async def test_programme_board(stack: Stack) -> None:
     assert [(r["rule"], r["rag"], r["milestone"]) for r in p2a["reasons"]] == [
         ("milestone_blocked", "red", "adoption-priorities"),
         ("milestone_overdue", "amber", "adoption-priorities"),
+        # The campaign follows the blocked priorities (a draft dependency): at risk at once.
+        ("milestone_dependency_at_risk", "amber", "campaign-launch"),
     ]
+    assert p2a["reasons"][2]["chain"] == ["2a/adoption-priorities", "2a/campaign-launch"]
+    assert p2a["reasons"][2]["events"][0]["id"] == "wy-1"
+    # Overdue since the day after the due date.
+    assert datetime.fromisoformat(p2a["reasons"][1]["since"]) == ts("2025-08-01T00:00")
     assert datetime.fromisoformat(p2a["reasons"][0]["since"]) == ts("2025-07-25T08:00")
 
     # Never reported: stalled, counted from the programme start.
@@ -733,7 +751,18 @@ async def test_openapi_documents_the_read_api(sqlite_stack: Stack) -> None:
     assert schema_of("/v1/proposals/{proposal_id}", "404")["application/problem+json"]
     assert schema_of("/v1/events", "422")["application/problem+json"]
     params = {p["name"] for p in paths["/v1/events"]["get"]["parameters"]}
-    assert params == {"proposal", "source", "type", "since", "cursor", "limit"}
+    assert params == {
+        "proposal",
+        "source",
+        "type",
+        "since",
+        "until",
+        "milestone",
+        "kpi",
+        "id",
+        "cursor",
+        "limit",
+    }
     assert "ProposalOut" in doc["components"]["schemas"]
 
 

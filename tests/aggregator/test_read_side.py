@@ -97,7 +97,9 @@ async def test_load_state_reads_every_row_with_utc_times(db: Database, large: Ca
     assert {t.tzinfo for t in times} == {UTC}
     k = large.kpis[0]
     assert state.kpi_observations[k.id] == [
-        KpiObservation(k.id, "2025-Q1", 50.0, datetime(2025, 4, 1, 7, tzinfo=UTC), k.reporters[0])
+        KpiObservation(
+            k.id, "2025-Q1", 50.0, datetime(2025, 4, 1, 7, tzinfo=UTC), k.reporters[0], "k-k01"
+        )
     ]
 
 

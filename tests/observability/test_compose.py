@@ -26,6 +26,7 @@ from services.cli.common import EXIT_BAD_INPUT
 from services.cli.main import app
 from services.cli.nats import ADMIN_URL_ENV
 from services.ingest.settings import IngestSettings
+from services.office.settings import OfficeSettings
 from shared.catalogue import CATALOGUE_ENV, Catalogue
 from shared.natsauth import (
     ADMIN_USER,
@@ -46,6 +47,7 @@ GRAFANA_PROVISIONING = REPO / "deploy" / "grafana" / "provisioning"
 SETTINGS: dict[str, type[BaseSettings]] = {
     "COTN_INGEST_": IngestSettings,
     "COTN_AGGREGATOR_": AggregatorSettings,
+    "COTN_OFFICE_": OfficeSettings,
 }
 OTHER_COTN_VARIABLES = {CATALOGUE_ENV, "COTN_DATA_DIR", ENVIRONMENT_VARIABLE, ADMIN_URL_ENV}
 DEFAULTED = re.compile(r"\$\{[A-Z_]+:-([^}]*)\}")
@@ -198,6 +200,14 @@ def test_cotn_variables_are_real_settings(
     if command == ["nats", "setup"]:
         assert user_of(environment[ADMIN_URL_ENV]) == ADMIN_USER
         return
+    if command[1] == "office":
+        # The web board reads the aggregator over HTTP and the tokens for its login: no
+        # bus, no catalogue.
+        office = OfficeSettings(aggregator_url=option(command, "--aggregator-url"))
+        host, port = office.aggregator.removeprefix("http://").split(":")
+        assert host in SERVICES and listen_port(host) == int(port)
+        assert "tokens:/data:ro" in SERVICES[service]["volumes"]
+        return
     # The catalogue the services read is the repository's, mounted read-only.
     assert host_path(service, environment[CATALOGUE_ENV]).is_file()
     # Each service logs in to NATS as its own user and leaves the streams to nats-setup.
@@ -333,8 +343,8 @@ def test_dependencies_wait_for_health(service: str) -> None:
 
 
 def test_the_streams_are_set_up_before_any_service_uses_them() -> None:
-    for name in cotn_services():
-        if name != "nats-setup":
+    for name, spec in cotn_services().items():
+        if name != "nats-setup" and spec["command"][:2] != ["serve", "office"]:  # no bus
             condition = SERVICES[name]["depends_on"]["nats-setup"]["condition"]
             assert condition == "service_completed_successfully", name
 

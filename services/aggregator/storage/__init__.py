@@ -18,19 +18,26 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.aggregator.storage import postgres, sqlite
-from services.aggregator.storage.log import NewEvent
+from services.aggregator.storage.log import Condition, NewEvent
+from shared.kinds import Projection
 
 
 class Backend(Protocol):
     """What differs between the databases."""
 
     NAME: str
+    AS_AT_SETTINGS: tuple[str, ...]
+    """Statements that tune the as-at read, for its transaction only."""
 
     def insert(self, table: sa.Table) -> Any:
         """The dialect's INSERT, which has ON CONFLICT (both spell it alike)."""
 
     def aware(self, column: sa.Column[datetime]) -> sa.ColumnElement[datetime]:
         """``column`` read in bulk as aware UTC datetimes."""
+
+    def newest_as_at(self, projection: Projection, *where: Condition) -> sa.Select[Any]:
+        """Per key of ``projection``, its newest ``event`` row among those matching
+        ``where``: the state as at an instant (:func:`.log.newest_as_at`)."""
 
     async def insert_and_project(
         self, connection: AsyncConnection, events: Sequence[NewEvent]

@@ -114,3 +114,68 @@ def upsert_newest_from(
         set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in key},
         where=newer,
     )
+
+
+Condition = Callable[[Log], sa.ColumnElement[bool]]
+"""A condition on rows shaped like ``event``, made for whichever alias of it is read."""
+
+
+def _newest_up_to(
+    projection: Projection, where: Sequence[Condition], *, sequence_only: bool = False
+) -> sa.Select[Any]:
+    """For the projection row correlated from outside: its key's newest ``event`` row among
+    those that match ``where`` (its projection columns, or only its stream sequence; one
+    index probe, newest first)."""
+    table = projection.table
+    # An alias reads like the table (the kinds' projections only read its columns).
+    inner = cast(Log, EVENT.alias("earlier"))
+    (mine,) = [p for p in projections(inner) if p.table is table]
+    keys = table.primary_key.columns
+    return (
+        sa.select(*([inner.c.stream_seq] if sequence_only else mine.columns))
+        .where(
+            inner.c.type == projection.kind,
+            *(e == table.c[c.name] for e, c in zip(mine.key, keys, strict=True)),
+            *(condition(inner) for condition in where),
+        )
+        .order_by(inner.c.event_time.desc(), inner.c.stream_seq.desc())
+        .limit(1)
+        .correlate(table)
+    )
+
+
+def newest_as_at(projection: Projection, *where: Condition) -> sa.Select[Any]:
+    """The projection's rows as they stood among the ``event`` rows that match ``where``
+    (an instant by event time, one by arrival): per key, the newest such event.
+
+    Per key the projection holds (every key ever reported is there), one probe of
+    ``ix_event_milestone_time`` or ``ix_event_kpi_time`` for the stream sequence of that
+    event, then its row by ``ix_event_stream_seq``, rather than a window over the whole log:
+    the cost follows the number of keys, not the length of the log, and only one row per
+    key leaves the database. The sequences are an ``IN`` list, which SQLite computes first
+    (as a join, without statistics, it scanned the log and probed the keys). A stream
+    sequence is one message's, so it names one event. (PostgreSQL reads the row in the
+    same probe: see :func:`services.aggregator.storage.postgres.newest_as_at`.)
+    """
+    newest = _newest_up_to(projection, where, sequence_only=True).scalar_subquery()
+    return sa.select(*projection.columns).where(
+        EVENT.c.type == projection.kind,
+        EVENT.c.stream_seq.in_(sa.select(newest).select_from(projection.table)),
+    )
+
+
+def newest_as_at_lateral(projection: Projection, *where: Condition) -> sa.Select[Any]:
+    """:func:`newest_as_at` as a lateral join: each key's newest row read in its one
+    index probe (for databases that have LATERAL)."""
+    newest = _newest_up_to(projection, where).lateral("newest")
+    return sa.select(*newest.c).select_from(projection.table.join(newest, sa.true()))
+
+
+def log_rows(projection: Projection, *where: sa.ColumnElement[bool]) -> sa.Select[Any]:
+    """The projection columns of every ``event`` row of its kind that matches ``where``, in
+    the order the projection folds them (event time, then stream sequence)."""
+    return (
+        sa.select(*projection.columns)
+        .where(EVENT.c.type == projection.kind, *where)
+        .order_by(EVENT.c.event_time, EVENT.c.stream_seq)
+    )

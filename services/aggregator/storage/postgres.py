@@ -21,6 +21,7 @@ from services.aggregator.storage.log import (
     EVENT,
     EVENT_ROW,
     NewEvent,
+    newest_as_at_lateral,
     projections,
     tuples,
     upsert_newest_from,
@@ -29,6 +30,13 @@ from shared.kinds import KINDS
 
 NAME = "postgresql"
 insert = postgresql.insert
+newest_as_at = newest_as_at_lateral
+"""PostgreSQL has LATERAL: each key's newest row in one index probe (the correlated
+sequence-then-row form evaluated its subplan twice per key)."""
+AS_AT_SETTINGS: tuple[str, ...] = ("SET LOCAL enable_bitmapscan = off", "SET LOCAL jit = off")
+"""For the as-at read's transaction only. With ``known_at`` the planner misjudged the KPI
+probes (the period is inside the JSON document) and chose a bitmap scan of every report
+of the KPI per key, then compiled it: 2 s instead of 0.2 s at 100,000 KPI reports."""
 
 
 def aware(column: sa.Column[datetime]) -> sa.ColumnElement[datetime]:

@@ -22,6 +22,7 @@ from services.aggregator.storage.log import (
     EVENT,
     EVENT_ROW,
     NewEvent,
+    newest_as_at,
     newest_of_each_key,
     projections,
     tuples,
@@ -32,6 +33,8 @@ from shared.tables import UtcDateTime
 
 NAME = "sqlite"
 insert = sqlite.insert
+AS_AT_SETTINGS: tuple[str, ...] = ()
+__all__ = ["AS_AT_SETTINGS", "NAME", "aware", "insert", "insert_and_project", "newest_as_at"]
 
 
 def aware(column: sa.Column[datetime]) -> sa.ColumnElement[datetime]:

@@ -1,0 +1,98 @@
+"""The aggregator's read API as the office reads it: plain JSON over HTTP, never an import.
+
+Every failure (the aggregator down, an error answer, not JSON) is one
+:class:`AggregatorUnavailable` with a sentence a page can show.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+Document = dict[str, Any]
+
+
+class AggregatorUnavailable(RuntimeError):
+    """The aggregator could not be asked or did not answer with what was asked for."""
+
+
+class NotFound(LookupError):
+    """The aggregator answered 404: no such proposal (the detail says so)."""
+
+
+class UnknownQuery(ValueError):
+    """The aggregator answered 422 to a query: its problem document's errors, as sentences."""
+
+
+def _problem(response: httpx.Response) -> tuple[str, list[str]]:
+    try:
+        doc = response.json()
+    except ValueError:
+        return response.reason_phrase, []
+    if not isinstance(doc, dict):
+        return response.reason_phrase, []
+    errors = [f"{e.get('field')}: {e.get('reason')}" for e in doc.get("errors") or []]
+    return str(doc.get("detail") or response.reason_phrase), errors
+
+
+class AggregatorClient:
+    """GETs on the read API (``/v1/programme``, ``/v1/proposals/{id}``, ``/v1/kpis``,
+    ``/v1/events``)."""
+
+    def __init__(self, client: httpx.AsyncClient, base_url: str):
+        self._client = client
+        self.base_url = base_url.rstrip("/")
+
+    async def get(self, path: str, params: Mapping[str, str | int] | None = None) -> Document:
+        url = self.base_url + path
+        try:
+            response = await self._client.get(url, params=params)
+        except httpx.HTTPError as exc:
+            raise AggregatorUnavailable(f"cannot reach the aggregator at {url}: {exc!s}") from exc
+        if response.status_code == 404:
+            raise NotFound(_problem(response)[0])
+        if response.status_code == 422:
+            detail, errors = _problem(response)
+            raise UnknownQuery("; ".join(errors) or detail)
+        if response.status_code != 200:
+            detail, _ = _problem(response)
+            raise AggregatorUnavailable(
+                f"the aggregator answered {response.status_code} for {path}: {detail}"
+            )
+        try:
+            doc = response.json()
+        except ValueError as exc:
+            raise AggregatorUnavailable(f"the aggregator did not answer {path} with JSON") from exc
+        if not isinstance(doc, dict):
+            raise AggregatorUnavailable(f"the aggregator answered {path} with no document")
+        return doc
+
+    async def programme(self) -> Document:
+        return await self.get("/v1/programme")
+
+    async def proposal(self, proposal_id: str) -> Document:
+        return await self.get("/v1/proposals/" + quote(proposal_id, safe=""))
+
+    async def kpis(self) -> Document:
+        return await self.get("/v1/kpis")
+
+    async def events(self, params: Mapping[str, str | int]) -> Document:
+        return await self.get("/v1/events", params)
+
+    async def all_events(self, params: Mapping[str, str | int], at_most: int) -> list[Document]:
+        """Pages of ``/v1/events`` until the end or ``at_most`` events."""
+        found: list[Document] = []
+        cursor: str | None = None
+        while len(found) < at_most:
+            page = await self.events(
+                {**params, "limit": min(1000, at_most - len(found))}
+                | ({"cursor": cursor} if cursor else {})
+            )
+            found += page["events"]
+            cursor = page.get("next_cursor")
+            if not cursor:
+                break
+        return found

@@ -1,0 +1,420 @@
+"""The office board's pages, live stream, login and probes, on one router.
+
+Pages read the aggregator over HTTP (:mod:`services.office.client`); the programme and
+proposal pages and their live streams take the poller's latest board, so a page view costs
+one render, not one more read of the whole board. Unknown query parameters are refused
+(422, named), as the read API does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlencode
+
+import jinja2
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from services.office import views
+from services.office.access import (
+    CSRF_FIELD,
+    csrf_ok,
+    csrf_token,
+    may_read,
+    safe_next,
+    sign_in,
+    sign_out,
+    signed_in,
+)
+from services.office.charts import kpi_chart
+from services.office.client import AggregatorUnavailable, NotFound, UnknownQuery
+from services.office.live import Snapshot
+from shared.kinds import KINDS
+
+if TYPE_CHECKING:
+    from services.office.app import Office
+
+TEMPLATES = Path(__file__).parent / "templates"
+KEEP_ALIVE_SECONDS = 15.0
+TEXT_TTL_SECONDS = 300.0
+PAGE_SIZES = (25, 50, 100)
+KPI_EVENTS_AT_MOST = 5000
+"""Reports read for one KPI's chart (its events are read from the audit trail)."""
+SECURITY_HEADERS = {
+    # Scripts only from this site; pygal's SVG carries its own <style>, hence inline styles.
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; "
+    "style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'; "
+    "form-action 'self'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+
+
+def environment() -> jinja2.Environment:
+    """Jinja with autoescape on for every template: event text is always escaped."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.globals.update(
+        proposal_tag=views.proposal_tag,
+        kpi_tag=views.kpi_tag,
+        status_tag=views.status_tag,
+        rag_tag=views.rag_tag,
+        rule_label=views.rule_label,
+        event_filter=views.event_filter,
+        event_summary=views.event_summary,
+        STATUS_LABEL=views.STATUS_LABEL,
+    )
+    env.filters.update(when=views.when, number=views.number)
+    return env
+
+
+def build_router(office: Office) -> APIRouter:
+    """Every route of the office board."""
+    router = APIRouter()
+    env = environment()
+    settings = office.settings
+
+    def render(
+        request: Request, name: str, page: str, status: int = 200, **context: Any
+    ) -> HTMLResponse:
+        body = env.get_template(name).render(
+            request=request,
+            csrf_field=CSRF_FIELD,
+            csrf=csrf_token(request),
+            signed_in=signed_in(request),
+            page=page,
+            aggregator=settings.aggregator,
+            **context,
+        )
+        office.metrics.pages.labels(page, str(status)).inc()
+        return HTMLResponse(body, status_code=status, headers=SECURITY_HEADERS)
+
+    def problem(request: Request, page: str, status: int, title: str, detail: str) -> HTMLResponse:
+        return render(request, "error.html", page, status, title=title, detail=detail)
+
+    def gate(request: Request, page: str, known: tuple[str, ...] = ()) -> Response | None:
+        """A login redirect, or a 422 naming unknown query parameters; None to go on."""
+        if not may_read(request, settings.development):
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            return RedirectResponse(
+                "/login?" + urlencode({"next": target}), status_code=303, headers=SECURITY_HEADERS
+            )
+        unknown = sorted(set(request.query_params) - set(known))
+        if unknown:
+            return problem(
+                request,
+                page,
+                422,
+                "Unknown query parameter",
+                f"This page takes no query parameter {', '.join(unknown)}"
+                + (f" (it takes {', '.join(known)})" if known else ""),
+            )
+        return None
+
+    def board_context(snapshot: Snapshot) -> dict[str, Any]:
+        board = snapshot.board
+        return {
+            "board": board,
+            "summary": views.summary(board) if board else None,
+            "stale": office.watcher.stale(snapshot),
+            "error": snapshot.error,
+            "read_at": (
+                datetime.fromtimestamp(snapshot.read_at_wall, UTC)
+                if snapshot.read_at_wall
+                else None
+            ),
+            "version": snapshot.version,
+        }
+
+    @router.get("/", include_in_schema=False)
+    async def programme(request: Request) -> Response:
+        if (refused := gate(request, "programme")) is not None:
+            return refused
+        snapshot = await office.watcher.fresh()
+        context = board_context(snapshot)
+        return render(
+            request,
+            "programme.html",
+            "programme",
+            200,
+            title=None,
+            live_url=f"/live/programme?after={snapshot.version}",
+            **context,
+        )
+
+    def column_context(snapshot: Snapshot, column_id: str) -> dict[str, Any] | None:
+        board = snapshot.board and views.column_board(snapshot.board, column_id)
+        if not board:
+            return None
+        return {**board_context(snapshot), "board": board, "summary": views.summary(board)}
+
+    @router.get("/columns/{column_id}", include_in_schema=False)
+    async def column(request: Request, column_id: str) -> Response:
+        if (refused := gate(request, "column")) is not None:
+            return refused
+        snapshot = await office.watcher.fresh()
+        context = column_context(snapshot, column_id)
+        if context is None:
+            if snapshot.board is None:
+                return problem(request, "column", 503, "No data", snapshot.error or "No board yet")
+            return problem(
+                request, "column", 404, "No such column", f"There is no column {column_id}"
+            )
+        title = context["board"]["columns"][0]["title"]
+        return render(
+            request,
+            "programme.html",
+            "column",
+            200,
+            title=title,
+            live_url=f"/live/columns/{quote(column_id)}?after={snapshot.version}",
+            **context,
+        )
+
+    @router.get("/live/columns/{column_id}", include_in_schema=False)
+    async def live_column(request: Request, column_id: str, after: int = 0) -> Response:
+        if (refused := gate(request, "live", ("after",))) is not None:
+            return refused
+        return live("_board.html", lambda snap: column_context(snap, column_id), after)
+
+    def live(
+        fragment: str, context_of: Callable[[Snapshot], dict[str, Any] | None], after: int
+    ) -> StreamingResponse:
+        """Server-sent events: ``fragment`` re-rendered for each newer board version."""
+        template = env.get_template(fragment)
+
+        async def stream() -> AsyncIterator[str]:
+            version = after
+            office.metrics.live.inc()
+            try:
+                yield "retry: 2000\n\n"
+                while True:
+                    snapshot = await office.watcher.wait_newer(version, KEEP_ALIVE_SECONDS)
+                    context = context_of(snapshot) if snapshot.version > version else None
+                    if context is None:
+                        yield ": keep-alive\n\n"
+                        version = max(version, snapshot.version)
+                        continue
+                    version = snapshot.version
+                    html = template.render(**context)
+                    data = "".join(f"data: {line}\n" for line in html.splitlines())
+                    yield f"event: page\nid: {version}\n{data}\n"
+            finally:
+                office.metrics.live.dec()
+
+        return StreamingResponse(
+            stream(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    @router.get("/live/programme", include_in_schema=False)
+    async def live_programme(request: Request, after: int = 0) -> Response:
+        if (refused := gate(request, "live", ("after",))) is not None:
+            return refused
+        return live("_board.html", board_context, after)
+
+    texts: dict[str, tuple[float, dict[str, Any]]] = {}
+
+    async def proposal_text(proposal_id: str) -> dict[str, Any]:
+        """The proposal's catalogue text, read once per ``TEXT_TTL_SECONDS`` (it changes only
+        with the catalogue): the page's state comes from the poller's board."""
+        held = texts.get(proposal_id)
+        if held is None or time.monotonic() - held[0] > TEXT_TTL_SECONDS:
+            detail = await office.aggregator.proposal(proposal_id)
+            held = texts[proposal_id] = (
+                time.monotonic(),
+                {"text": detail["text"], "annex_text": detail.get("annex_text")},
+            )
+        return held[1]
+
+    def proposal_context(
+        snapshot: Snapshot, proposal_id: str, text: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        board = snapshot.board
+        found = views.proposal_in(board, proposal_id) if board else None
+        if board is None or found is None:
+            return None
+        kpis = [k for k in board["kpis"] if proposal_id in k["evidences"]]
+        return {
+            **board_context(snapshot),
+            "proposal": {**found, **text, "kpis": kpis},
+        }
+
+    @router.get("/live/proposals/{proposal_id}", include_in_schema=False)
+    async def live_proposal(request: Request, proposal_id: str, after: int = 0) -> Response:
+        if (refused := gate(request, "live", ("after",))) is not None:
+            return refused
+        text = texts.get(proposal_id, (0.0, {"text": "", "annex_text": None}))[1]
+        return live("_proposal.html", lambda snap: proposal_context(snap, proposal_id, text), after)
+
+    @router.get("/proposals/{proposal_id}", include_in_schema=False)
+    async def proposal(request: Request, proposal_id: str) -> Response:
+        if (refused := gate(request, "proposal")) is not None:
+            return refused
+        snapshot = await office.watcher.fresh()
+        if snapshot.board is None:
+            return problem(
+                request, "proposal", 503, "No data", snapshot.error or "No board read yet"
+            )
+        if views.proposal_in(snapshot.board, proposal_id) is None:
+            return problem(
+                request, "proposal", 404, "No such proposal", f"There is no proposal {proposal_id}"
+            )
+        try:
+            text = await proposal_text(proposal_id)
+        except NotFound:
+            return problem(
+                request, "proposal", 404, "No such proposal", f"There is no proposal {proposal_id}"
+            )
+        except (AggregatorUnavailable, UnknownQuery) as exc:
+            return problem(request, "proposal", 503, "No data", str(exc))
+        context = proposal_context(snapshot, proposal_id, text)
+        assert context is not None
+        return render(request, "proposal.html", "proposal", **context)
+
+    async def kpi_list() -> list[dict[str, Any]]:
+        kpis: list[dict[str, Any]] = (await office.aggregator.kpis())["kpis"]
+        return kpis
+
+    @router.get("/kpis", include_in_schema=False)
+    async def kpis(request: Request) -> Response:
+        if (refused := gate(request, "kpis")) is not None:
+            return refused
+        try:
+            listed = await office.aggregator.kpis()
+        except (AggregatorUnavailable, UnknownQuery) as exc:
+            return problem(request, "kpis", 503, "No data", str(exc))
+        return render(
+            request, "kpis.html", "kpis", kpis=listed["kpis"], generated_at=listed["generated_at"]
+        )
+
+    @router.get("/kpis/{kpi_id}", include_in_schema=False)
+    async def kpi(request: Request, kpi_id: str) -> Response:
+        if (refused := gate(request, "kpi")) is not None:
+            return refused
+        try:
+            found = next((k for k in await kpi_list() if k["id"] == kpi_id), None)
+            if found is None:
+                return problem(request, "kpi", 404, "No such KPI", f"There is no KPI {kpi_id}")
+            events = await office.aggregator.all_events(
+                {"type": views.KPI_TYPE}, KPI_EVENTS_AT_MOST
+            )
+        except (AggregatorUnavailable, UnknownQuery) as exc:
+            return problem(request, "kpi", 503, "No data", str(exc))
+        rows = views.kpi_periods(found, events)
+        return render(
+            request,
+            "kpi.html",
+            "kpi",
+            kpi=found,
+            rows=rows,
+            chart=kpi_chart(found, rows),
+            capped=len(events) >= KPI_EVENTS_AT_MOST,
+        )
+
+    audit_fields = ("proposal", "source", "type", "since", "limit", "cursor")
+
+    @router.get("/audit", include_in_schema=False)
+    async def audit(request: Request) -> Response:
+        if (refused := gate(request, "audit", audit_fields)) is not None:
+            return refused
+        given = {k: v.strip() for k, v in request.query_params.items() if v.strip()}
+        limit = given.get("limit", "50")
+        filters = {k: v for k, v in given.items() if k in ("proposal", "source", "type", "since")}
+        proposals = [
+            (p["id"], p["title"])
+            for p in views.proposals(office.watcher.snapshot.board or {"columns": []})
+        ]
+        context: dict[str, Any] = {
+            "filters": filters,
+            "limit": limit,
+            "page_sizes": PAGE_SIZES,
+            "types": KINDS.types,
+            "proposals": proposals,
+            "events": [],
+            "next_url": None,
+            "first_url": "/audit?" + urlencode({**filters, "limit": limit}),
+            "paged": "cursor" in given,
+            "error": None,
+        }
+        try:
+            page = await office.aggregator.events(
+                {**filters, "limit": limit}
+                | ({"cursor": given["cursor"]} if "cursor" in given else {})
+            )
+        except (UnknownQuery, NotFound) as exc:  # a bad filter, or an unknown proposal
+            context["error"] = str(exc)
+            return render(request, "audit.html", "audit", 422, **context)
+        except AggregatorUnavailable as exc:
+            return problem(request, "audit", 503, "No data", str(exc))
+        context["events"] = page["events"]
+        if page.get("next_cursor"):
+            context["next_url"] = "/audit?" + urlencode(
+                {**filters, "limit": limit, "cursor": page["next_cursor"]}
+            )
+        return render(request, "audit.html", "audit", **context)
+
+    @router.get("/login", include_in_schema=False)
+    async def login_page(request: Request, next: str = "/") -> Response:
+        return render(request, "login.html", "login", next=safe_next(next), error=None)
+
+    @router.post("/login", include_in_schema=False)
+    async def login(
+        request: Request,
+        token: str = Form(""),
+        csrf_token_field: str = Form("", alias=CSRF_FIELD),
+        next: str = Form("/"),
+    ) -> Response:
+        if not csrf_ok(request, csrf_token_field):
+            return problem(
+                request, "login", 403, "Form expired", "The form had no valid CSRF token: reload"
+            )
+        record = office.tokens.record_of(token.strip())
+        if record is None:
+            return render(
+                request,
+                "login.html",
+                "login",
+                401,
+                next=safe_next(next),
+                error="That token is not known or has been revoked.",
+            )
+        sign_in(request, record.authority)
+        return RedirectResponse(safe_next(next), status_code=303, headers=SECURITY_HEADERS)
+
+    @router.post("/logout", include_in_schema=False)
+    async def logout(
+        request: Request, csrf_token_field: str = Form("", alias=CSRF_FIELD)
+    ) -> Response:
+        if not csrf_ok(request, csrf_token_field):
+            return problem(
+                request, "logout", 403, "Form expired", "The form had no valid CSRF token: reload"
+            )
+        sign_out(request)
+        return RedirectResponse("/login", status_code=303, headers=SECURITY_HEADERS)
+
+    @router.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/readyz", include_in_schema=False)
+    async def readyz() -> Response:
+        # Ready once it serves pages; an aggregator that is down is shown on them as stale.
+        return Response('{"status":"ready"}', media_type="application/json")
+
+    @router.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(office.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return router

@@ -1,0 +1,219 @@
+"""The office web board in Debian's Chromium, against a real stack fed over HTTP.
+
+Each test posts what it needs to the column services, then checks in the browser what the
+programme office would see: tags and reasons, live updates, escaped notes, the KPI chart,
+axe-core, keyboard reach; screenshots go to each test's output folder.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from axe_playwright_python.sync_playwright import Axe
+from playwright.sync_api import expect
+
+from tests.web.conftest import Stack
+
+pytestmark = pytest.mark.slow
+
+SCRIPT_NOTE = '<script>window.__injected = 1</script><b id="bold">not bold</b> & "quoted"'
+FOCUSABLE = (
+    "a[href], button:not([disabled]), input:not([type=hidden]):not([disabled]), "
+    "select:not([disabled]), summary"
+)
+
+
+def test_board_shows_the_events_with_their_tags_and_first_reason(page: Any, stack: Stack) -> None:
+    stack.post(
+        "devolution",
+        "greater-manchester",
+        "milestone",
+        {"proposal": "1a", "milestone": "joint-position", "status": "blocked", "note": "held"},
+    )
+    page.goto(stack.office + "/")
+    row = page.locator("#proposal-1a")
+    expect(row.locator(".tag").first).to_have_text("Red")
+    expect(row).to_contain_text("Milestone blocked: ")
+    # Nobody has reported 3b: its overdue milestones make it red, and it says no reports.
+    expect(page.locator("#proposal-3b .tag").nth(1)).to_have_text("No reports")
+    expect(page.locator(".summary")).to_contain_text("Red")
+    expect(page.get_by_text("Last updated: newest report")).to_be_visible()
+    # A column's own page: its proposals only, reached from its heading.
+    page.locator("#column-devolution a").click()
+    expect(page.locator("h1")).to_have_text("Greater devolution to Northern Places")
+    expect(page.locator("#proposal-1a .tag").first).to_have_text("Red")
+    assert page.locator("#proposal-2a").count() == 0
+
+
+def test_a_note_with_script_is_shown_as_text(page: Any, stack: Stack) -> None:
+    stack.post(
+        "devolution",
+        "greater-manchester",
+        "milestone",
+        {
+            "proposal": "1a",
+            "milestone": "cluster-evidence",
+            "status": "in_progress",
+            "note": SCRIPT_NOTE,
+        },
+    )
+    page.goto(stack.office + "/proposals/1a")
+    note = page.locator("#milestone-cluster-evidence .note")
+    expect(note).to_have_text(SCRIPT_NOTE)
+    assert page.evaluate("window.__injected") is None
+    assert page.locator("#bold").count() == 0
+    page.goto(stack.office + "/audit?proposal=1a")
+    expect(page.locator("td.note", has_text="window.__injected")).to_have_text(SCRIPT_NOTE)
+    assert page.evaluate("window.__injected") is None
+
+
+def test_the_live_update_arrives_without_a_reload(page: Any, stack: Stack) -> None:
+    page.goto(stack.office + "/")
+    expect(page.locator("#live-status")).to_have_text("Live updates on.")
+    page.evaluate("window.__sameDocument = true")
+    last = page.locator("#proposal-2b .last-progress")
+    expect(last).to_have_text("No reports yet")
+    stack.post(
+        "collaboration",
+        "northern-gritstone",
+        "milestone",
+        {"proposal": "2b", "milestone": "finance-gap-analysis", "status": "blocked"},
+    )
+    expect(last).to_contain_text("UTC", timeout=20_000)
+    expect(page.locator("#proposal-2b")).to_contain_text("Milestone blocked")
+    expect(page.locator("#live-status")).to_contain_text("Updated at")
+    assert page.evaluate("window.__sameDocument") is True
+
+
+def test_the_proposal_page_updates_live_too(page: Any, stack: Stack) -> None:
+    page.goto(stack.office + "/proposals/3b")
+    expect(page.locator("#live-status")).to_have_text("Live updates on.")
+    page.evaluate("window.__sameDocument = true")
+    row = page.locator("#milestone-network-terms")
+    expect(row.locator(".tag", has_text="Not started")).to_be_visible()
+    stack.post(
+        "business",
+        "np11",
+        "milestone",
+        {"proposal": "3b", "milestone": "network-terms", "status": "completed", "note": "Agreed"},
+    )
+    expect(row.locator(".tag", has_text="Completed")).to_be_visible(timeout=20_000)
+    expect(row.locator(".note")).to_have_text("Agreed")
+    assert page.evaluate("window.__sameDocument") is True
+
+
+def test_a_red_proposal_leads_to_the_events_that_made_it_red(page: Any, stack: Stack) -> None:
+    event_id = stack.post(
+        "business",
+        "greater-manchester",
+        "milestone",
+        {"proposal": "3a", "milestone": "government-support", "status": "blocked"},
+    )
+    page.goto(stack.office + "/")
+    page.locator("#proposal-3a a").click()
+    expect(page.locator("h1")).to_contain_text("3a")
+    page.locator(".reasons a", has_text="events behind this").first.click()
+    expect(page).to_have_url(re.compile(r"/audit\?proposal=3a&type=org\.cotn\.milestone\.v1"))
+    expect(page.locator("td.id", has_text=event_id)).to_be_visible()
+
+
+def test_the_kpi_chart_has_its_points_and_a_table(page: Any, stack: Stack) -> None:
+    for period, value in (("2025-Q1", 155.0), ("2025-Q2", 170.0), ("2025-Q3", 181.5)):
+        stack.post(
+            "collaboration",
+            "northern-gritstone",
+            "kpi",
+            {"kpi": "early-stage-finance", "value": value, "period": period},
+        )
+    page.goto(stack.office + "/kpis/early-stage-finance")
+    chart = page.locator("figure.chart svg[role=img]")
+    expect(chart).to_be_visible()
+    assert "Early-stage finance" in chart.locator("title").first.text_content()
+    description = chart.locator("desc#chart-desc-early-stage-finance").text_content()
+    assert "2025-Q3: 181.5 GBP m" in description
+    # The actual series (the first) has one dot per reported period.
+    expect(chart.locator(".plot .series.serie-0 .dot")).to_have_count(3)
+    expect(page.locator("table")).to_contain_text("181.5 GBP m")
+    assert page.evaluate("document.querySelectorAll('script[src^=http]').length") == 0
+
+
+PAGES = {
+    "programme": "/",
+    "column": "/columns/devolution",
+    "proposal": "/proposals/1a",
+    "kpis": "/kpis",
+    "kpi": "/kpis/early-stage-finance",
+    "audit": "/audit",
+    "login": "/login",
+}
+
+
+@pytest.mark.parametrize("name", list(PAGES))
+def test_every_page_passes_axe_and_is_keyboard_reachable(
+    page: Any, stack: Stack, shots: Path, name: str
+) -> None:
+    if stack.posted == 0:  # something on the board, when run alone
+        stack.post(
+            "devolution",
+            "greater-manchester",
+            "milestone",
+            {"proposal": "1a", "milestone": "joint-position", "status": "at_risk"},
+        )
+    response = page.goto(stack.office + PAGES[name])
+    assert response.status == 200
+    page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+
+    results = Axe().run(page)
+    bad = [
+        f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']][:3]}"
+        for v in results.response["violations"]
+        if v["impact"] in ("serious", "critical")
+    ]
+    assert not bad, "\n".join(bad)
+
+    wanted = page.evaluate(
+        """(selector) => Array.from(document.querySelectorAll(selector))
+            .filter(e => e.offsetParent !== null || e.classList.contains('skip-link'))
+            .map((e, i) => { e.dataset.focusCheck = String(i); return String(i); })""",
+        FOCUSABLE,
+    )
+    reached: set[str] = set()
+    for _ in range(len(wanted) + 5):
+        page.keyboard.press("Tab")
+        mark = page.evaluate("document.activeElement && document.activeElement.dataset.focusCheck")
+        if mark is not None:
+            reached.add(mark)
+        if reached >= set(wanted):
+            break
+    missed = set(wanted) - reached
+    assert not missed, page.evaluate(
+        "(ids) => ids.map(i => document.querySelector(`[data-focus-check='${i}']`).outerHTML)",
+        sorted(missed),
+    )
+
+
+def test_the_pages_work_without_javascript(browser: Any, stack: Stack) -> None:
+    stack.post(
+        "devolution",
+        "greater-manchester",
+        "milestone",
+        {"proposal": "1a", "milestone": "spending-review-case", "status": "in_progress"},
+    )
+    context = browser.new_context(java_script_enabled=False)
+    page = context.new_page()
+    try:
+        page.goto(stack.office + "/")
+        expect(page.locator("#proposal-1a .tag").first).to_be_visible()
+        expect(page.locator("#live-status")).to_have_text("")  # no live updates, no error
+        page.goto(stack.office + "/audit")
+        page.select_option("#f-proposal", "1a")
+        page.select_option("#f-type", "org.cotn.milestone.v1")
+        page.get_by_role("button", name="Apply filters").click()
+        expect(page).to_have_url(re.compile(r"/audit\?proposal=1a&source=&type=org\.cotn"))
+        expect(page.locator("tbody tr").first).to_contain_text("greater-manchester")
+        assert page.locator("tbody td:nth-child(5)", has_text="3a").count() == 0
+    finally:
+        context.close()
