@@ -41,7 +41,7 @@ from functools import cached_property, lru_cache
 from typing import Literal, NamedTuple
 
 from shared.catalogue import Catalogue, Kpi, MilestoneKey, Proposal
-from shared.periods import period_end as _parse_period_end
+from shared.periods import period_end
 
 Rag = Literal["green", "amber", "red"]
 RAG_VALUE: dict[str, int] = {"green": 0, "amber": 1, "red": 2}
@@ -222,10 +222,6 @@ class ProgrammeHealth:
     at: datetime
     proposals: dict[str, ProposalHealth]
     kpis: dict[str, KpiHealth]
-
-
-period_end = lru_cache(maxsize=65536)(_parse_period_end)
-"""A period's last day (cached: a KPI's periods are read once per rating and per report)."""
 
 
 def _midnight(day: date) -> datetime:

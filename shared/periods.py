@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import date
+from functools import lru_cache
 
 PERIOD_PATTERN = r"^\d{4}(-Q[1-4]|-(0[1-9]|1[0-2]))?$"
 
@@ -17,8 +18,11 @@ def period_start(period: str) -> date:
     return date(end.year, end.month - months + 1, 1)
 
 
+@lru_cache(maxsize=65536)
 def period_end(period: str) -> date:
-    """The last day a period covers: ``2025`` -> 2025-12-31, ``2025-Q3`` -> 2025-09-30."""
+    """The last day a period covers: ``2025`` -> 2025-12-31, ``2025-Q3`` -> 2025-09-30.
+
+    Cached: rating reads each KPI period once per rating and per report."""
     if not re.fullmatch(PERIOD_PATTERN, period):
         raise ValueError(f"{period!r} is not a year, quarter or month")
     year = int(period[:4])

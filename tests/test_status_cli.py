@@ -206,3 +206,23 @@ def test_a_narrow_terminal_wraps_on_word_boundaries(catalogue: Catalogue, width:
     for k in board["kpis"]:
         assert " ".join(k["title"].split()) in " ".join(text.split())
     assert all(len(line) <= width for line in text.splitlines())
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_a_short_narrow_terminal_gets_one_line_each_and_cuts_nothing(
+    catalogue: Catalogue, width: int
+) -> None:
+    """``cotn run``'s live board in a small terminal: compact, but no word cut short."""
+    board = board_json(catalogue)
+    console = Console(file=io.StringIO(), width=width, height=20, color_system=None)
+    console.print(fit_board(console, board))
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "…" not in text
+    words = set(text.split())
+    for p in (p for c in board["columns"] for p in c["proposals"]):
+        assert p["id"] in words
+        assert p["rag"].upper() in words
+    flat = " ".join(text.split())
+    for k in board["kpis"]:
+        assert " ".join(k["title"].split()) in flat
+    assert all(len(line) <= width for line in text.splitlines())

@@ -28,6 +28,7 @@ from shared.health import (
     Rag,
     Reason,
     kpi_trajectory,
+    rule_title,
 )
 from shared.kinds.milestone import MILESTONE_STATUSES, MilestoneStatus
 

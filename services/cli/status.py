@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from datetime import UTC, date, datetime
-from datetime import time as dt_time
+from datetime import datetime
 from typing import Annotated, Any
 
 import httpx
@@ -24,6 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from services.cli.common import EXIT_BAD_INPUT, EXIT_UNAVAILABLE, fail
+from shared.instants import instant_of
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 RAG_STYLE = {"green": "bold green", "amber": "bold yellow", "red": "bold red"}
@@ -205,17 +205,24 @@ def proposal_table(column: Board, compact: bool = False) -> Table:
     return table
 
 
-def proposal_list(column: Board) -> Group:
-    """One column's proposals for a narrow terminal: a block per proposal whose lines wrap
-    at spaces only, so ids, sources and rules stay whole words."""
+def proposal_list(column: Board, compact: bool = False) -> Group:
+    """One column's proposals for a narrow terminal: a block per proposal (compact: a line)
+    whose lines wrap at spaces only, so ids, sources and rules stay whole words."""
     blocks: list[RenderableType] = [Text(f"{column['title']} ({column['id']})", style="italic")]
     for p in column["proposals"]:
-        head = Text("\n")
+        head = Text("" if compact else "\n")
         head.append(p["rag"].upper(), style=RAG_STYLE.get(p["rag"], ""))
         head.append("  ")
         head.append_text(_proposal(p, compact=True))
         if p["stalled"]:
             head.append("  STALLED", style="bold red")
+        if compact:
+            if p["overdue"]:
+                head.append(f"  overdue: {', '.join(p['overdue'])}", style="red")
+            if p.get("reasons"):
+                head.append("  ").append_text(_reasons(p, compact=True))
+            blocks.append(_indent(head))
+            continue
         last = p["last_progress"] if p["has_progress"] else None
         head.append(f"  last progress {_when(last)}", style="dim")
         blocks.append(head)
@@ -267,21 +274,25 @@ def kpi_table(kpis: list[Board], compact: bool = False) -> Table:
     return table
 
 
-def kpi_lines(kpis: list[Board]) -> Group:
-    """Every KPI for a narrow terminal: one wrapped block each, whole words only."""
+def kpi_lines(kpis: list[Board], compact: bool = False) -> Group:
+    """Every KPI for a narrow terminal: one wrapped block each (compact: a line), whole
+    words only."""
     blocks: list[RenderableType] = [Text("KPIs", style="italic")]
     for k in kpis:
-        line = Text("\n")
+        line = Text("" if compact else "\n")
         line.append_text(_on_track(k))
         line.append(f"  {k['title']}")
-        blocks.append(line)
         figures = Text("actual ").append_text(_number(k["actual"], k["unit"]))
         if k["actual_period"]:
             figures.append(f" ({k['actual_period']})", style="dim")
         figures.append("; expected then ").append_text(_number(k["expected_at_actual"]))
+        if compact:
+            blocks.append(_indent(line.append(": ").append_text(figures)))
+            continue
         figures.append(", now ").append_text(_number(k["expected"]))
         figures.append("; target ").append_text(_number(k["target"]["value"], k["unit"]))
         figures.append(f" by {k['target']['date'][:4]}")
+        blocks.append(line)
         blocks.append(_indent(figures))
     return Group(*blocks)
 
@@ -306,9 +317,9 @@ def render_board(
     """The whole board: summary, a table (or, ``narrow``, a list) per column, the KPIs (and
     a note, if any)."""
     parts: list[RenderableType] = [summary(board)]
-    if narrow and not compact:
-        parts += [proposal_list(c) for c in board["columns"]]
-        parts.append(kpi_lines(board["kpis"]))
+    if narrow:
+        parts += [proposal_list(c, compact) for c in board["columns"]]
+        parts.append(kpi_lines(board["kpis"], compact))
     else:
         parts += [proposal_table(c, compact) for c in board["columns"]]
         parts.append(kpi_table(board["kpis"], compact))
@@ -318,11 +329,13 @@ def render_board(
 
 
 def fit_board(console: Console, board: Board, note: Text | None = None) -> Group:
-    """The full board if it fits the terminal's height, else the compact one (for live views)."""
-    full = render_board(board, note, narrow=console.width < NARROW_BELOW)
+    """The full board if it fits the terminal's height, else the compact one (for live views);
+    a list, not tables, in a narrow terminal."""
+    narrow = console.width < NARROW_BELOW
+    full = render_board(board, note, narrow=narrow)
     if len(console.render_lines(full, pad=False)) < console.height:
         return full
-    return render_board(board, note, compact=True)
+    return render_board(board, note, compact=True, narrow=narrow)
 
 
 def status(
@@ -378,20 +391,14 @@ def status(
 
 def instant(value: str, option: str) -> str:
     """An option's instant as the read API takes it: RFC 3339 as given, or a date's end
-    (UTC; now, for today)."""
+    (UTC; now, for today): :func:`shared.instants.instant_of`."""
     try:
-        day = date.fromisoformat(value)
+        return instant_of(value)
     except ValueError:
-        try:
-            datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            fail(
-                f"invalid {option} {value!r}: give a date (2026-03-01) or an RFC 3339 time",
-                EXIT_BAD_INPUT,
-            )
-        return value
-    end = min(datetime.combine(day, dt_time.max, tzinfo=UTC), datetime.now(UTC))
-    return end.isoformat().replace("+00:00", "Z")
+        fail(
+            f"invalid {option} {value!r}: give a date (2026-03-01) or an RFC 3339 time",
+            EXIT_BAD_INPUT,
+        )
 
 
 def _watch(

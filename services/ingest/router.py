@@ -89,7 +89,8 @@ async def no_query_parameters(request: Request) -> None:
             "invalid",
             f"unknown query parameter {', '.join(names)}: this endpoint takes none",
             errors=[
-                Problem(f"query.{name}", "is not a parameter of this endpoint") for name in names
+                Problem(name, "is not a query parameter of this endpoint (it takes none)")
+                for name in names
             ],
         )
 

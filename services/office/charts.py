@@ -44,8 +44,21 @@ def describe(kpi: Document, rows: list[PeriodRow]) -> str:
     return text + f" Reported actuals: {shown}."
 
 
+def x_labels(kpi: Document) -> list[date]:
+    """One label per year the chart spans (its 1 January), each year once; a span within one
+    year is labelled at its baseline and target dates."""
+    start, end = (
+        date.fromisoformat(kpi["baseline"]["date"]),
+        date.fromisoformat(kpi["target"]["date"]),
+    )
+    years = [date(y, 1, 1) for y in range(start.year, end.year + 1)]
+    inside = [d for d in years if start <= d <= end]
+    return inside if len(inside) >= 2 else [start, end]
+
+
 def kpi_chart(kpi: Document, rows: list[PeriodRow]) -> str:
-    """The KPI's actual per period against its trajectory and its target, as SVG markup."""
+    """The KPI's actual per period against its trajectory and its target, as SVG markup;
+    ``kpi`` is the read API's series (GET /v1/kpis/{id}: its trajectory points)."""
     chart = pygal.DateLine(
         style=STYLE,
         js=[],
@@ -57,7 +70,8 @@ def kpi_chart(kpi: Document, rows: list[PeriodRow]) -> str:
         show_dots=True,
         dots_size=4,
         x_label_rotation=0,
-        x_value_formatter=lambda d: d.strftime("%Y"),
+        x_labels=x_labels(kpi),
+        x_value_formatter=lambda d: d.strftime("%Y") if (d.month, d.day) == (1, 1) else str(d),
         value_formatter=lambda v: number(v, kpi["unit"]),
         legend_at_bottom=True,
         truncate_legend=-1,

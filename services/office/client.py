@@ -39,8 +39,8 @@ def _problem(response: httpx.Response) -> tuple[str, list[str]]:
 
 
 class AggregatorClient:
-    """GETs on the read API (``/v1/programme``, ``/v1/proposals/{id}``, ``/v1/kpis``,
-    ``/v1/events``)."""
+    """GETs on the read API (``/v1/programme``, ``/v1/proposals/{id}`` and its history,
+    ``/v1/kpis`` and ``/v1/kpis/{id}``, ``/v1/events``)."""
 
     def __init__(self, client: httpx.AsyncClient, base_url: str):
         self._client = client
@@ -70,29 +70,23 @@ class AggregatorClient:
             raise AggregatorUnavailable(f"the aggregator answered {path} with no document")
         return doc
 
-    async def programme(self) -> Document:
-        return await self.get("/v1/programme")
+    async def programme(self, view: Mapping[str, str] | None = None) -> Document:
+        """The board; ``view`` (as_at, known_at) for the board at a past instant."""
+        return await self.get("/v1/programme", view)
 
-    async def proposal(self, proposal_id: str) -> Document:
-        return await self.get("/v1/proposals/" + quote(proposal_id, safe=""))
+    async def proposal(self, proposal_id: str, view: Mapping[str, str] | None = None) -> Document:
+        return await self.get("/v1/proposals/" + quote(proposal_id, safe=""), view)
 
-    async def kpis(self) -> Document:
-        return await self.get("/v1/kpis")
+    async def history(self, proposal_id: str, view: Mapping[str, str] | None = None) -> Document:
+        """Each change of the proposal's rating, oldest first, up to the view's instant."""
+        return await self.get("/v1/proposals/" + quote(proposal_id, safe="") + "/history", view)
+
+    async def kpis(self, view: Mapping[str, str] | None = None) -> Document:
+        return await self.get("/v1/kpis", view)
+
+    async def kpi(self, kpi_id: str, view: Mapping[str, str] | None = None) -> Document:
+        """One KPI with every period (reporter, corrections, expected) and its trajectory."""
+        return await self.get("/v1/kpis/" + quote(kpi_id, safe=""), view)
 
     async def events(self, params: Mapping[str, str | int]) -> Document:
         return await self.get("/v1/events", params)
-
-    async def all_events(self, params: Mapping[str, str | int], at_most: int) -> list[Document]:
-        """Pages of ``/v1/events`` until the end or ``at_most`` events."""
-        found: list[Document] = []
-        cursor: str | None = None
-        while len(found) < at_most:
-            page = await self.events(
-                {**params, "limit": min(1000, at_most - len(found))}
-                | ({"cursor": cursor} if cursor else {})
-            )
-            found += page["events"]
-            cursor = page.get("next_cursor")
-            if not cursor:
-                break
-        return found

@@ -9,7 +9,7 @@ one render, not one more read of the whole board. Unknown query parameters are r
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +34,7 @@ from services.office.access import (
 from services.office.charts import kpi_chart
 from services.office.client import AggregatorUnavailable, NotFound, UnknownQuery
 from services.office.live import Snapshot
+from shared.instants import instant_of
 from shared.kinds import KINDS
 
 if TYPE_CHECKING:
@@ -43,8 +44,8 @@ TEMPLATES = Path(__file__).parent / "templates"
 KEEP_ALIVE_SECONDS = 15.0
 TEXT_TTL_SECONDS = 300.0
 PAGE_SIZES = (25, 50, 100)
-KPI_EVENTS_AT_MOST = 5000
-"""Reports read for one KPI's chart (its events are read from the audit trail)."""
+VIEW_FIELDS = ("as_at", "known_at")
+"""The as-at picker's fields: a date (its end, UTC; now for today) or an RFC 3339 time."""
 SECURITY_HEADERS = {
     # Scripts only from this site; pygal's SVG carries its own <style>, hence inline styles.
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; "
@@ -69,8 +70,10 @@ def environment() -> jinja2.Environment:
         kpi_tag=views.kpi_tag,
         status_tag=views.status_tag,
         rag_tag=views.rag_tag,
-        rule_label=views.rule_label,
         event_filter=views.event_filter,
+        audit_link=views.audit_link,
+        lag_label=views.lag_label,
+        CHANGE_LABEL=views.CHANGE_LABEL,
         event_summary=views.event_summary,
         STATUS_LABEL=views.STATUS_LABEL,
     )
@@ -121,6 +124,63 @@ def build_router(office: Office) -> APIRouter:
             )
         return None
 
+    def view_of(request: Request) -> tuple[dict[str, str], dict[str, str]] | str:
+        """The as-at picker's values as given (for the form and the banner) and as instants
+        for the aggregator; or why they cannot be used."""
+        given = {
+            name: value.strip()
+            for name in VIEW_FIELDS
+            if (value := request.query_params.get(name, "")).strip()
+        }
+        try:
+            return given, {name: instant_of(value) for name, value in given.items()}
+        except ValueError:
+            named = ", ".join(f"{n.replace('_', ' ')} {v!r}" for n, v in given.items())
+            return f"{named}: give a date (2026-03-01) or an RFC 3339 time"
+
+    def picker(request: Request, given: dict[str, str]) -> dict[str, Any]:
+        """The as-at form's context: values, today (the latest date it takes), the banner."""
+        return {
+            "view": given,
+            "view_banner": views.view_banner(given) if given else None,
+            "live_path": request.url.path,
+            "today": datetime.now(UTC).date().isoformat(),
+        }
+
+    async def past(
+        request: Request,
+        page: str,
+        read: Callable[[dict[str, str]], Any],
+        missing: tuple[str, str] = ("Not found", ""),
+    ) -> tuple[dict[str, str], dict[str, str], Any] | Response:
+        """For an as-at view: the picked values, their instants and what ``read`` answered
+        for them; a page saying why not for bad values or no answer (``missing``: the title
+        and detail of a 404)."""
+        parsed = view_of(request)
+        if isinstance(parsed, str):
+            return problem(request, page, 422, "These dates cannot be used", parsed)
+        given, instants = parsed
+        try:
+            return given, instants, await read(instants)
+        except UnknownQuery as exc:  # the aggregator refuses a future instant, say
+            return problem(request, page, 422, "These dates cannot be used", str(exc))
+        except NotFound as exc:
+            return problem(request, page, 404, missing[0], missing[1] or str(exc))
+        except AggregatorUnavailable as exc:
+            return problem(request, page, 503, "No data", str(exc))
+
+    def past_board_context(board: Mapping[str, Any], given: dict[str, str]) -> dict[str, Any]:
+        """A board read for an as-at view: never stale, never live; its links keep the view."""
+        return {
+            "view_query": "?" + urlencode(given),
+            "board": board,
+            "summary": views.summary(board),
+            "stale": False,
+            "error": None,
+            "read_at": datetime.now(UTC),
+            "version": 0,
+        }
+
     def board_context(snapshot: Snapshot) -> dict[str, Any]:
         board = snapshot.board
         return {
@@ -134,12 +194,28 @@ def build_router(office: Office) -> APIRouter:
                 else None
             ),
             "version": snapshot.version,
+            "view_query": "",
         }
 
     @router.get("/", include_in_schema=False)
     async def programme(request: Request) -> Response:
-        if (refused := gate(request, "programme")) is not None:
+        if (refused := gate(request, "programme", VIEW_FIELDS)) is not None:
             return refused
+        if any(request.query_params.get(n, "").strip() for n in VIEW_FIELDS):
+            read = await past(request, "programme", office.aggregator.programme)
+            if isinstance(read, Response):
+                return read
+            given, _, board = read
+            return render(
+                request,
+                "programme.html",
+                "programme",
+                200,
+                title=None,
+                live_url=None,
+                **past_board_context(board, given),
+                **picker(request, given),
+            )
         snapshot = await office.watcher.fresh()
         context = board_context(snapshot)
         return render(
@@ -150,6 +226,7 @@ def build_router(office: Office) -> APIRouter:
             title=None,
             live_url=f"/live/programme?after={snapshot.version}",
             **context,
+            **picker(request, {}),
         )
 
     def column_context(snapshot: Snapshot, column_id: str) -> dict[str, Any] | None:
@@ -160,8 +237,28 @@ def build_router(office: Office) -> APIRouter:
 
     @router.get("/columns/{column_id}", include_in_schema=False)
     async def column(request: Request, column_id: str) -> Response:
-        if (refused := gate(request, "column")) is not None:
+        if (refused := gate(request, "column", VIEW_FIELDS)) is not None:
             return refused
+        if any(request.query_params.get(n, "").strip() for n in VIEW_FIELDS):
+            read = await past(request, "column", office.aggregator.programme)
+            if isinstance(read, Response):
+                return read
+            given, _, whole = read
+            cut = views.column_board(whole, column_id)
+            if cut is None:
+                return problem(
+                    request, "column", 404, "No such column", f"There is no column {column_id}"
+                )
+            return render(
+                request,
+                "programme.html",
+                "column",
+                200,
+                title=cut["columns"][0]["title"],
+                live_url=None,
+                **past_board_context(cut, given),
+                **picker(request, given),
+            )
         snapshot = await office.watcher.fresh()
         context = column_context(snapshot, column_id)
         if context is None:
@@ -179,6 +276,7 @@ def build_router(office: Office) -> APIRouter:
             title=title,
             live_url=f"/live/columns/{quote(column_id)}?after={snapshot.version}",
             **context,
+            **picker(request, {}),
         )
 
     @router.get("/live/columns/{column_id}", include_in_schema=False)
@@ -258,10 +356,39 @@ def build_router(office: Office) -> APIRouter:
         text = texts.get(proposal_id, (0.0, {"text": "", "annex_text": None}))[1]
         return live("_proposal.html", lambda snap: proposal_context(snap, proposal_id, text), after)
 
+    async def history_of(proposal_id: str, instants: dict[str, str]) -> dict[str, Any]:
+        """The proposal's history up to the view's instant (now, live), newest first; a
+        history that cannot be read is a note on the page, not a failed page."""
+        try:
+            doc = await office.aggregator.history(proposal_id, instants)
+        except (AggregatorUnavailable, UnknownQuery, NotFound) as exc:
+            return {"entries": [], "error": str(exc)}
+        return {"entries": list(reversed(doc["entries"])), "error": None}
+
     @router.get("/proposals/{proposal_id}", include_in_schema=False)
     async def proposal(request: Request, proposal_id: str) -> Response:
-        if (refused := gate(request, "proposal")) is not None:
+        if (refused := gate(request, "proposal", VIEW_FIELDS)) is not None:
             return refused
+        if any(request.query_params.get(n, "").strip() for n in VIEW_FIELDS):
+
+            async def read(instants: dict[str, str]) -> dict[str, Any]:
+                return await office.aggregator.proposal(proposal_id, instants)
+
+            missing = ("No such proposal", f"There is no proposal {proposal_id}")
+            answered = await past(request, "proposal", read, missing)
+            if isinstance(answered, Response):
+                return answered
+            given, instants, detail = answered
+            return render(
+                request,
+                "proposal.html",
+                "proposal",
+                live_url=None,
+                proposal=detail,
+                history=await history_of(proposal_id, instants),
+                **past_board_context({"columns": [], "kpis": []}, given),
+                **picker(request, given),
+            )
         snapshot = await office.watcher.fresh()
         if snapshot.board is None:
             return problem(
@@ -281,49 +408,59 @@ def build_router(office: Office) -> APIRouter:
             return problem(request, "proposal", 503, "No data", str(exc))
         context = proposal_context(snapshot, proposal_id, text)
         assert context is not None
-        return render(request, "proposal.html", "proposal", **context)
-
-    async def kpi_list() -> list[dict[str, Any]]:
-        kpis: list[dict[str, Any]] = (await office.aggregator.kpis())["kpis"]
-        return kpis
+        return render(
+            request,
+            "proposal.html",
+            "proposal",
+            live_url=f"/live/proposals/{quote(proposal_id)}?after={snapshot.version}",
+            history=await history_of(proposal_id, {}),
+            **context,
+            **picker(request, {}),
+        )
 
     @router.get("/kpis", include_in_schema=False)
     async def kpis(request: Request) -> Response:
-        if (refused := gate(request, "kpis")) is not None:
+        if (refused := gate(request, "kpis", VIEW_FIELDS)) is not None:
             return refused
-        try:
-            listed = await office.aggregator.kpis()
-        except (AggregatorUnavailable, UnknownQuery) as exc:
-            return problem(request, "kpis", 503, "No data", str(exc))
+        answered = await past(request, "kpis", office.aggregator.kpis)
+        if isinstance(answered, Response):
+            return answered
+        given, _, listed = answered
         return render(
-            request, "kpis.html", "kpis", kpis=listed["kpis"], generated_at=listed["generated_at"]
+            request,
+            "kpis.html",
+            "kpis",
+            kpis=listed["kpis"],
+            generated_at=listed["generated_at"],
+            view_query="?" + urlencode(given) if given else "",
+            **picker(request, given),
         )
 
     @router.get("/kpis/{kpi_id}", include_in_schema=False)
     async def kpi(request: Request, kpi_id: str) -> Response:
-        if (refused := gate(request, "kpi")) is not None:
+        if (refused := gate(request, "kpi", VIEW_FIELDS)) is not None:
             return refused
-        try:
-            found = next((k for k in await kpi_list() if k["id"] == kpi_id), None)
-            if found is None:
-                return problem(request, "kpi", 404, "No such KPI", f"There is no KPI {kpi_id}")
-            events = await office.aggregator.all_events(
-                {"type": views.KPI_TYPE}, KPI_EVENTS_AT_MOST
-            )
-        except (AggregatorUnavailable, UnknownQuery) as exc:
-            return problem(request, "kpi", 503, "No data", str(exc))
-        rows = views.kpi_periods(found, events)
+
+        async def read(instants: dict[str, str]) -> dict[str, Any]:
+            return await office.aggregator.kpi(kpi_id, instants)
+
+        answered = await past(request, "kpi", read, ("No such KPI", f"There is no KPI {kpi_id}"))
+        if isinstance(answered, Response):
+            return answered
+        given, _, series = answered
+        rows = views.kpi_periods(series)
         return render(
             request,
             "kpi.html",
             "kpi",
-            kpi=found,
+            kpi=series,
             rows=rows,
-            chart=kpi_chart(found, rows),
-            capped=len(events) >= KPI_EVENTS_AT_MOST,
+            chart=kpi_chart(series, rows),
+            **picker(request, given),
         )
 
-    audit_fields = ("proposal", "source", "type", "since", "limit", "cursor")
+    audit_filters = ("proposal", "source", "type", "kpi", "milestone", "id", "since", "until")
+    audit_fields = (*audit_filters, "limit", "cursor")
 
     @router.get("/audit", include_in_schema=False)
     async def audit(request: Request) -> Response:
@@ -331,17 +468,17 @@ def build_router(office: Office) -> APIRouter:
             return refused
         given = {k: v.strip() for k, v in request.query_params.items() if v.strip()}
         limit = given.get("limit", "50")
-        filters = {k: v for k, v in given.items() if k in ("proposal", "source", "type", "since")}
-        proposals = [
-            (p["id"], p["title"])
-            for p in views.proposals(office.watcher.snapshot.board or {"columns": []})
-        ]
+        filters = {k: v for k, v in given.items() if k in audit_filters}
+        board = office.watcher.snapshot.board or {"columns": [], "kpis": []}
+        proposals = [(p["id"], p["title"]) for p in views.proposals(board)]
+        kpis = [(k["id"], k["title"]) for k in board.get("kpis") or ()]
         context: dict[str, Any] = {
             "filters": filters,
             "limit": limit,
             "page_sizes": PAGE_SIZES,
             "types": KINDS.types,
             "proposals": proposals,
+            "kpis": kpis,
             "events": [],
             "next_url": None,
             "first_url": "/audit?" + urlencode({**filters, "limit": limit}),

@@ -1,4 +1,5 @@
-"""What the pages show, from the read API's plain JSON: labels, tags, summaries, KPI series.
+"""What the pages show, from the read API's plain JSON: labels, tags, summaries, KPI series,
+as-at banners.
 
 Pure functions of the documents (and a clock where a page says "ago"); the templates only
 lay them out. Text from events stays data: nothing here builds HTML.
@@ -6,12 +7,10 @@ lay them out. Text from events stays data: nothing here builds HTML.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
-
-from shared.periods import period_end
 
 Document = Mapping[str, Any]
 
@@ -29,15 +28,6 @@ STATUS_COLOUR = {
     "at_risk": "amber",
     "blocked": "red",
     "not_started": "grey",
-}
-RULE_LABEL = {
-    "milestone_blocked": "Milestone blocked",
-    "milestone_overdue_beyond_grace": "Milestone overdue beyond grace",
-    "stalled": "Stalled",
-    "milestone_at_risk": "Milestone at risk",
-    "milestone_overdue": "Milestone overdue",
-    "kpi_off_trajectory": "KPI off trajectory",
-    "progress_ageing": "Progress ageing",
 }
 MILESTONE_TYPE = "org.cotn.milestone.v1"
 KPI_TYPE = "org.cotn.kpi.v1"
@@ -91,10 +81,6 @@ def status_tag(status: str) -> Tag:
 
 def rag_tag(rag: str) -> Tag:
     return Tag(RAG_LABEL.get(rag, rag), rag)
-
-
-def rule_label(rule: str) -> str:
-    return RULE_LABEL.get(rule, rule)
 
 
 def proposals(board: Document) -> list[Document]:
@@ -154,9 +140,12 @@ def summary(board: Document) -> Summary:
 
 
 def event_filter(reason: Document, proposal_id: str) -> dict[str, str]:
-    """The audit-trail filter that lists the events behind a reason."""
+    """The audit-trail filter that lists every event about what a reason is about: its KPI,
+    or its milestone (of this proposal), else the proposal's milestone events."""
     if reason.get("kpi"):
-        return {"type": KPI_TYPE}
+        return {"kpi": str(reason["kpi"])}
+    if reason.get("milestone"):
+        return {"proposal": proposal_id, "milestone": str(reason["milestone"])}
     return {"proposal": proposal_id, "type": MILESTONE_TYPE}
 
 
@@ -171,77 +160,109 @@ def event_summary(event: Document) -> str:
     return ", ".join(f"{k}={v}" for k, v in data.items() if k != "note")
 
 
-# -- KPI series --------------------------------------------------------------------------
+# -- KPI series (GET /v1/kpis/{id}) -----------------------------------------------------
 
 
-def expected(kpi: Document, at: date) -> float:
-    """The trajectory at ``at`` from the API's baseline, target and shape (the aggregator's
-    rule, shared.health.kpi_expected, over the same numbers)."""
-    start, end = (
-        date.fromisoformat(kpi["baseline"]["date"]),
-        date.fromisoformat(kpi["target"]["date"]),
-    )
-    b, t = float(kpi["baseline"]["value"]), float(kpi["target"]["value"])
-    span = (end - start).days
-    f = min(1.0, max(0.0, (at - start).days / span)) if span else 1.0
-    if kpi["shape"] == "compound" and b > 0 and t > 0:
-        return float(b * (t / b) ** f)
-    return b + (t - b) * f
+@dataclass(frozen=True)
+class Report:
+    """One report of a period: the first, or a correction."""
+
+    value: float
+    reported_at: datetime
+    source: str
+    event: Document
 
 
 @dataclass(frozen=True)
 class PeriodRow:
+    """A reported period as the aggregator rates it: its newest report, the expected value
+    at its end, on track or not, and every report (first, then each correction)."""
+
     period: str
     end: date
     actual: float
     expected: float
+    on_track: bool
     reported_at: datetime
     source: str
-    note: str | None
+    event: Document
+    reports: tuple[Report, ...]
+
+    @property
+    def corrections(self) -> tuple[Report, ...]:
+        """The reports the actual replaced, oldest first."""
+        return tuple(r for r in self.reports if r.event.get("id") != self.event.get("id"))
 
 
-def kpi_periods(kpi: Document, events: Iterable[Document]) -> list[PeriodRow]:
-    """Each reported period's actual (its newest report by event time), oldest first."""
-    newest: dict[str, Document] = {}
-    for event in events:
-        data = event.get("data") or {}
-        if event.get("type") != KPI_TYPE or data.get("kpi") != kpi["id"]:
-            continue
-        period = str(data.get("period"))
-        held = newest.get(period)
-        if held is None or event["event_time"] > held["event_time"]:
-            newest[period] = event
-    rows = []
-    for period, event in newest.items():
-        try:
-            end = period_end(period)
-        except ValueError:
-            continue
-        data = event["data"]
-        rows.append(
-            PeriodRow(
-                period=period,
-                end=end,
-                actual=float(data["value"]),
-                expected=expected(kpi, end),
-                reported_at=datetime.fromisoformat(event["event_time"]),
-                source=event["source"],
-                note=data.get("note"),
-            )
+def kpi_periods(series: Document) -> list[PeriodRow]:
+    """Each reported period of a KPI's series, in period order."""
+    return [
+        PeriodRow(
+            period=str(p["period"]),
+            end=date.fromisoformat(p["period_end"]),
+            actual=float(p["actual"]),
+            expected=float(p["expected"]),
+            on_track=bool(p["on_track"]),
+            reported_at=datetime.fromisoformat(p["reported_at"]),
+            source=str(p["source"]),
+            event=p["event"],
+            reports=tuple(
+                Report(
+                    value=float(r["value"]),
+                    reported_at=datetime.fromisoformat(r["reported_at"]),
+                    source=str(r["source"]),
+                    event=r["event"],
+                )
+                for r in p.get("reports") or ()
+            ),
         )
-    return sorted(rows, key=lambda r: r.end)
+        for p in series.get("periods") or ()
+    ]
 
 
-def trajectory(kpi: Document, points: int = 12) -> list[tuple[date, float]]:
-    """The trajectory sampled from baseline to target (a straight line needs two points)."""
-    start, end = (
-        date.fromisoformat(kpi["baseline"]["date"]),
-        date.fromisoformat(kpi["target"]["date"]),
-    )
-    count = points if kpi["shape"] == "compound" else 2
-    days = (end - start).days
-    out = []
-    for i in range(count):
-        day = date.fromordinal(start.toordinal() + round(days * i / (count - 1)))
-        out.append((day, expected(kpi, day)))
-    return out
+def trajectory(series: Document) -> list[tuple[date, float]]:
+    """The trajectory's points as the aggregator gives them (baseline to target)."""
+    return [(date.fromisoformat(p["date"]), float(p["value"])) for p in series["trajectory"]]
+
+
+# -- as-at views -------------------------------------------------------------------------
+
+
+def day_label(day: date) -> str:
+    """``1 March 2026``."""
+    return f"{day.day} {day:%B %Y}"
+
+
+def instant_label(value: str) -> str:
+    """A picked date as a person reads it (``1 March 2026``), else the time (UTC)."""
+    try:
+        return day_label(date.fromisoformat(value.strip()))
+    except ValueError:
+        return when(value.strip().replace("Z", "+00:00"))
+
+
+def view_banner(given: Mapping[str, str]) -> str:
+    """Which past board a page shows: "As at 1 March 2026, as now known", "As at 1 March
+    2026, as it was shown on 5 March 2026", or "As it was shown on 5 March 2026"."""
+    as_at, known_at = given.get("as_at"), given.get("known_at")
+    if as_at and known_at:
+        return f"As at {instant_label(as_at)}, as it was shown on {instant_label(known_at)}"
+    if as_at:
+        return f"As at {instant_label(as_at)}, as now known"
+    return f"As it was shown on {instant_label(known_at or '')}"
+
+
+def audit_link(event: Document) -> dict[str, str]:
+    """The audit-trail filter that shows exactly this event (its source and id)."""
+    return {"source": str(event["source"]), "id": str(event["id"])}
+
+
+def lag_label(seconds: float) -> str:
+    """A dependency's lag in days: ``no lag``, ``1 day``, ``14 days``."""
+    days = round(seconds / 86400)
+    if days == 0:
+        return "no lag"
+    return f"{days} day" if abs(days) == 1 else f"{days} days"
+
+
+CHANGE_LABEL = {"rag": "RAG", "stalled": "stalled", "overdue": "overdue"}

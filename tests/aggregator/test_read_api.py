@@ -409,6 +409,7 @@ async def test_programme_board(stack: Stack) -> None:
     assert p1a["reasons"] == [
         {
             "rule": "kpi_off_trajectory",
+            "title": "KPI off trajectory",
             "rag": "amber",
             "detail": "Jobs in the Northern life sciences sector: 60000 in 2024 against "
             "63306.4 expected",

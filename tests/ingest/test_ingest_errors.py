@@ -418,14 +418,14 @@ async def test_a_query_parameter_is_422_naming_it_and_publishes_nothing(
     else:
         response = await service.client.get(path, params={"proposal": "2b", "dry_run": "1"})
 
-    reason = "is not a parameter of this endpoint"
+    reason = "is not a query parameter of this endpoint (it takes none)"
     problem = assert_problem(
         response,
         422,
         "invalid",
         errors=[
-            {"index": None, "id": None, "field": "query.dry_run", "reason": reason},
-            {"index": None, "id": None, "field": "query.proposal", "reason": reason},
+            {"index": None, "id": None, "field": "dry_run", "reason": reason},
+            {"index": None, "id": None, "field": "proposal", "reason": reason},
         ],
     )
     assert "dry_run, proposal" in problem["detail"]

@@ -190,3 +190,25 @@ async def test_a_failed_read_keeps_the_board_and_marks_it_stale() -> None:
     client.up = True
     back = await watcher.refresh()
     assert back.error is None and not watcher.stale(back) and back.version == 3
+
+
+async def test_the_as_at_picker_takes_dates_and_says_why_not(tmp_path: Path) -> None:
+    async with office(settings(tmp_path, "development")) as client:
+        bad = await client.get("/?as_at=1+March")
+        assert bad.status_code == 422 and "give a date (2026-03-01)" in bad.text
+        assert (await client.get("/proposals/1a?known_at=tomorrow")).status_code == 422
+        assert (await client.get("/kpis/jobs?as_at=bogus")).status_code == 422
+        # Known fields, read straight from the aggregator (here down: no data, not a 422).
+        for path in (
+            "/?as_at=2026-03-01&known_at=2026-03-05",
+            "/columns/devolution?as_at=2026-03-01",
+            "/proposals/1a?as_at=2026-03-01",
+            "/kpis?as_at=2026-03-01",
+            "/kpis/jobs?as_at=2026-03-01",
+        ):
+            assert (await client.get(path)).status_code == 503, path
+        # Empty fields (the form submitted blank) are the live board.
+        live = await client.get("/?as_at=&known_at=")
+        assert live.status_code == 200 and "As at" in live.text and "as now known" not in live.text
+        audit = await client.get("/audit?kpi=jobs&milestone=m&id=e-1&until=2026-03-01T00:00:00Z")
+        assert audit.status_code == 503  # the new filters are passed on, not refused

@@ -8,6 +8,7 @@ axe-core, keyboard reach; screenshots go to each test's output folder.
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import expect
 
+from services.office.views import day_label
 from tests.web.conftest import Stack
 
 pytestmark = pytest.mark.slow
@@ -24,6 +26,7 @@ FOCUSABLE = (
     "a[href], button:not([disabled]), input:not([type=hidden]):not([disabled]), "
     "select:not([disabled]), summary"
 )
+YESTERDAY = (datetime.now(UTC) - timedelta(days=1)).date()
 
 
 def test_board_shows_the_events_with_their_tags_and_first_reason(page: Any, stack: Stack) -> None:
@@ -115,13 +118,85 @@ def test_a_red_proposal_leads_to_the_events_that_made_it_red(page: Any, stack: S
     page.goto(stack.office + "/")
     page.locator("#proposal-3a a").click()
     expect(page.locator("h1")).to_contain_text("3a")
-    page.locator(".reasons a", has_text="events behind this").first.click()
-    expect(page).to_have_url(re.compile(r"/audit\?proposal=3a&type=org\.cotn\.milestone\.v1"))
+    reason = page.locator(".reasons li", has_text="Milestone blocked")
+    expect(reason).to_contain_text("(since ")
+    # The reason names its event: the link shows exactly that event in the audit trail.
+    reason.locator("a.event-link", has_text=event_id).click()
+    expect(page).to_have_url(re.compile(rf"/audit\?source=greater-manchester&id={event_id}$"))
+    expect(page.locator("tbody tr")).to_have_count(1)
+    expect(page.locator("td.id")).to_have_text(event_id)
+    expect(page.locator("#f-id")).to_have_value(event_id)
+    # And every event about the milestone, by the milestone filter.
+    page.go_back()
+    reason.get_by_role("link", name="every event about government-support").click()
+    expect(page).to_have_url(re.compile(r"/audit\?proposal=3a&milestone=government-support$"))
     expect(page.locator("td.id", has_text=event_id)).to_be_visible()
 
 
+def test_the_proposal_page_shows_its_history_and_dependencies(page: Any, stack: Stack) -> None:
+    event_id = stack.post(
+        "devolution",
+        "greater-manchester",
+        "milestone",
+        {"proposal": "1a", "milestone": "joint-position", "status": "completed"},
+    )
+    page.goto(stack.office + "/proposals/1a")
+    # Due and forecast dates; what a milestone follows, with its lag.
+    row = page.locator("#milestone-cluster-evidence")
+    expect(row.locator(".follows")).to_contain_text("3b/network-terms (30 days, draft)")
+    expect(row.locator(".forecast")).not_to_be_empty()
+    expect(page.locator("thead", has_text="Forecast").first).to_be_visible()
+    # The history timeline, newest first: the event's change links to that event.
+    history = page.locator("#history table")
+    expect(history).to_be_visible()
+    entry = history.locator("tbody tr", has_text=event_id).first
+    expect(entry).to_be_visible()
+    expect(history.locator("tbody tr", has_text="The clock").first).to_be_visible()
+    entry.get_by_role("link", name=re.compile(event_id)).click()
+    expect(page.locator("td.id")).to_have_text(event_id)
+
+
+def test_the_as_at_picker_shows_a_past_board_with_its_banner(page: Any, stack: Stack) -> None:
+    stack.post(
+        "devolution",
+        "greater-manchester",
+        "milestone",
+        {"proposal": "1a", "milestone": "joint-position", "status": "in_progress"},
+    )
+    page.goto(stack.office + "/")
+    expect(page.locator("#proposal-1a .last-progress")).to_contain_text("UTC")
+    page.fill("#as-at", YESTERDAY.isoformat())
+    page.get_by_role("button", name="Show this date").click()
+    expect(page).to_have_url(re.compile(rf"/\?as_at={YESTERDAY.isoformat()}&known_at=$"))
+    banner = page.locator("#as-at-banner")
+    expect(banner).to_contain_text(f"As at {day_label(YESTERDAY)}, as now known")
+    # Yesterday nobody had reported on 1a; a past view is not live.
+    expect(page.locator("#proposal-1a .last-progress")).to_have_text("No reports yet")
+    assert page.locator("[data-live]").count() == 0 and page.locator("#live-status").count() == 0
+    expect(page.locator("#as-at")).to_have_value(YESTERDAY.isoformat())
+    # Its links keep the view: the proposal as at the same date, with the same banner.
+    page.locator("#proposal-1a a").click()
+    expect(page).to_have_url(re.compile(rf"/proposals/1a\?as_at={YESTERDAY.isoformat()}"))
+    expect(page.locator("#as-at-banner")).to_contain_text(f"As at {day_label(YESTERDAY)}")
+    expect(page.locator("#milestone-joint-position .tag", has_text="Not started")).to_be_visible()
+    page.get_by_role("link", name="Back to the live board").click()
+    expect(page).to_have_url(re.compile(r"/proposals/1a$"))
+    assert page.locator("#as-at-banner").count() == 0
+    expect(page.locator("#live-status")).to_have_text("Live updates on.")
+    # Both dates: the board as it was shown then.
+    page.goto(stack.office + f"/?as_at={YESTERDAY.isoformat()}&known_at={YESTERDAY.isoformat()}")
+    expect(page.locator("#as-at-banner")).to_contain_text(
+        f"As at {day_label(YESTERDAY)}, as it was shown on {day_label(YESTERDAY)}"
+    )
+
+
 def test_the_kpi_chart_has_its_points_and_a_table(page: Any, stack: Stack) -> None:
-    for period, value in (("2025-Q1", 155.0), ("2025-Q2", 170.0), ("2025-Q3", 181.5)):
+    for period, value in (
+        ("2025-Q1", 155.0),
+        ("2025-Q2", 170.0),
+        ("2025-Q3", 181.5),
+        ("2025-Q1", 156.0),  # a correction
+    ):
         stack.post(
             "collaboration",
             "northern-gritstone",
@@ -133,10 +208,16 @@ def test_the_kpi_chart_has_its_points_and_a_table(page: Any, stack: Stack) -> No
     expect(chart).to_be_visible()
     assert "Early-stage finance" in chart.locator("title").first.text_content()
     description = chart.locator("desc#chart-desc-early-stage-finance").text_content()
-    assert "2025-Q3: 181.5 GBP m" in description
+    assert "2025-Q3: 181.5 GBP m" in description and "2025-Q1: 156 GBP m" in description
     # The actual series (the first) has one dot per reported period.
     expect(chart.locator(".plot .series.serie-0 .dot")).to_have_count(3)
+    # Each year once on the x-axis.
+    years = chart.locator(".axis.x text").all_text_contents()
+    assert years == sorted(set(years)) and "2026" in years, years
     expect(page.locator("table")).to_contain_text("181.5 GBP m")
+    q1 = page.locator("#period-2025-Q1")
+    expect(q1).to_contain_text("by northern-gritstone")
+    expect(q1.locator(".corrections")).to_contain_text("replaced 155 GBP m")
     assert page.evaluate("document.querySelectorAll('script[src^=http]').length") == 0
 
 
@@ -148,6 +229,10 @@ PAGES = {
     "kpi": "/kpis/early-stage-finance",
     "audit": "/audit",
     "login": "/login",
+    "programme-as-at": f"/?as_at={YESTERDAY.isoformat()}",
+    "proposal-as-at": f"/proposals/1a?as_at={YESTERDAY.isoformat()}&known_at={YESTERDAY}",
+    "kpis-as-at": f"/kpis?as_at={YESTERDAY.isoformat()}",
+    "kpi-as-at": f"/kpis/early-stage-finance?as_at={YESTERDAY.isoformat()}",
 }
 
 
@@ -181,7 +266,7 @@ def test_every_page_passes_axe_and_is_keyboard_reachable(
         FOCUSABLE,
     )
     reached: set[str] = set()
-    for _ in range(len(wanted) + 5):
+    for _ in range(len(wanted) + 20):  # a date input takes a Tab per part (day, month, year)
         page.keyboard.press("Tab")
         mark = page.evaluate("document.activeElement && document.activeElement.dataset.focusCheck")
         if mark is not None:
