@@ -3,7 +3,9 @@
 JetStream's duplicate window tells a resend from a new event for two minutes only, and the
 aggregator, which keeps every event, is not asked before a column service answers. So before
 it publishes, a column service *claims* each event's identity in the key-value bucket
-``COTN_EVENT_IDS`` (:data:`shared.bus.CLAIMS_BUCKET`), create-only:
+``COTN_EVENT_IDS`` (:data:`shared.bus.CLAIMS_BUCKET`), create-only, a request's claims in
+one atomic batch (all made, or none if any id has a claim; then this module's
+:func:`claim` reads them one by one):
 
 - no claim yet: the claim is made and the event published (``accepted``);
 - a claim with the same content digest: a resend (``duplicates``), published again so an
@@ -12,11 +14,12 @@ it publishes, a column service *claims* each event's identity in the key-value b
 - a claim with another digest: a conflict, answered ``409`` naming the time of the event
   that holds the id; nothing of the request is published.
 
-A request that is refused after some of its claims were made (a conflict elsewhere in the
-batch, or the bus failing to take an event) withdraws those claims, so a corrected resend of
-an event that was never published is not a conflict. A service that dies between claim and
-publish leaves its claim: the same event sent again is published then; another with that id
-is a 409 (the README's Guarantees say so).
+A request refused before anything of it was published (a conflict elsewhere in the batch,
+or claims the bus did not acknowledge) withdraws the claims it made, so a corrected resend
+of an event that was never published is not a conflict. Once publishing began the claims
+stay, whatever the answer: an event may have landed without its ack. A service that dies
+between claim and publish leaves its claim too: the same event sent again is published
+then; another with that id is a 409 (the README's Guarantees say so).
 """
 
 from __future__ import annotations
