@@ -8,6 +8,7 @@ one render, not one more read of the whole board. Unknown query parameters are r
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 TEMPLATES = Path(__file__).parent / "templates"
 KEEP_ALIVE_SECONDS = 15.0
 TEXT_TTL_SECONDS = 300.0
+HISTORY_TTL_SECONDS = 30.0
 PAGE_SIZES = (25, 50, 100)
 VIEW_FIELDS = ("as_at", "known_at")
 """The as-at picker's fields: a date (its end, UTC; now for today) or an RFC 3339 time."""
@@ -365,6 +367,24 @@ def build_router(office: Office) -> APIRouter:
             return {"entries": [], "error": str(exc)}
         return {"entries": list(reversed(doc["entries"])), "error": None}
 
+    histories: dict[str, tuple[int, float, asyncio.Task[dict[str, Any]]]] = {}
+
+    async def live_history(proposal_id: str, version: int) -> dict[str, Any]:
+        """The live history, read once per board version and at most ``HISTORY_TTL_SECONDS``
+        old (a backfill can change the past without changing today's board), one read shared
+        by the page views that ask at once: rating a proposal's whole history costs the
+        aggregator far more than a page render."""
+        held = histories.get(proposal_id)
+        if (
+            held is None
+            or held[0] != version
+            or time.monotonic() - held[1] > HISTORY_TTL_SECONDS
+            or (held[2].done() and held[2].result()["error"] is not None)
+        ):
+            task = asyncio.ensure_future(history_of(proposal_id, {}))
+            held = histories[proposal_id] = (version, time.monotonic(), task)
+        return await asyncio.shield(held[2])
+
     @router.get("/proposals/{proposal_id}", include_in_schema=False)
     async def proposal(request: Request, proposal_id: str) -> Response:
         if (refused := gate(request, "proposal", VIEW_FIELDS)) is not None:
@@ -413,7 +433,7 @@ def build_router(office: Office) -> APIRouter:
             "proposal.html",
             "proposal",
             live_url=f"/live/proposals/{quote(proposal_id)}?after={snapshot.version}",
-            history=await history_of(proposal_id, {}),
+            history=await live_history(proposal_id, snapshot.version),
             **context,
             **picker(request, {}),
         )
