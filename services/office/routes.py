@@ -126,14 +126,18 @@ def build_router(office: Office) -> APIRouter:
             )
         return None
 
-    def view_of(request: Request) -> tuple[dict[str, str], dict[str, str]] | str:
-        """The as-at picker's values as given (for the form and the banner) and as instants
-        for the aggregator; or why they cannot be used."""
-        given = {
+    def picked(request: Request) -> dict[str, str]:
+        """The as-at picker's non-blank values (none: the live board)."""
+        return {
             name: value.strip()
             for name in VIEW_FIELDS
             if (value := request.query_params.get(name, "")).strip()
         }
+
+    def view_of(request: Request) -> tuple[dict[str, str], dict[str, str]] | str:
+        """The as-at picker's values as given (for the form and the banner) and as instants
+        for the aggregator; or why they cannot be used."""
+        given = picked(request)
         try:
             return given, {name: instant_of(value) for name, value in given.items()}
         except ValueError:
@@ -203,7 +207,7 @@ def build_router(office: Office) -> APIRouter:
     async def programme(request: Request) -> Response:
         if (refused := gate(request, "programme", VIEW_FIELDS)) is not None:
             return refused
-        if any(request.query_params.get(n, "").strip() for n in VIEW_FIELDS):
+        if picked(request):
             read = await past(request, "programme", office.aggregator.programme)
             if isinstance(read, Response):
                 return read
@@ -241,7 +245,7 @@ def build_router(office: Office) -> APIRouter:
     async def column(request: Request, column_id: str) -> Response:
         if (refused := gate(request, "column", VIEW_FIELDS)) is not None:
             return refused
-        if any(request.query_params.get(n, "").strip() for n in VIEW_FIELDS):
+        if picked(request):
             read = await past(request, "column", office.aggregator.programme)
             if isinstance(read, Response):
                 return read
@@ -389,7 +393,7 @@ def build_router(office: Office) -> APIRouter:
     async def proposal(request: Request, proposal_id: str) -> Response:
         if (refused := gate(request, "proposal", VIEW_FIELDS)) is not None:
             return refused
-        if any(request.query_params.get(n, "").strip() for n in VIEW_FIELDS):
+        if picked(request):
 
             async def read(instants: dict[str, str]) -> dict[str, Any]:
                 return await office.aggregator.proposal(proposal_id, instants)

@@ -136,17 +136,25 @@ def kpi(
     return _cloudevent(event_id, source, "org.cotn.kpi.v1", time, data)
 
 
-def _cloudevent(
-    event_id: str, source: str, type_: str, time: datetime, data: dict[str, Any]
+def cloudevent(
+    event_id: str, source: str, time: str, data: dict[str, Any], kind: str = "milestone"
 ) -> dict[str, Any]:
+    """A CloudEvent of ``kind`` as a client writes it, ``time`` as given."""
     return {
         "specversion": "1.0",
         "id": event_id,
         "source": source,
-        "type": type_,
-        "time": time.isoformat().replace("+00:00", "Z"),
+        "type": f"org.cotn.{kind}.v1",
+        "time": time,
         "data": data,
     }
+
+
+def _cloudevent(
+    event_id: str, source: str, type_: str, time: datetime, data: dict[str, Any]
+) -> dict[str, Any]:
+    kind = type_.removeprefix("org.cotn.").removesuffix(".v1")
+    return cloudevent(event_id, source, time.isoformat().replace("+00:00", "Z"), data, kind)
 
 
 def subject_of(body: dict[str, Any], catalogue: Catalogue = CATALOGUE) -> str:

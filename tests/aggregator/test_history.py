@@ -29,7 +29,7 @@ from services.aggregator.opmetrics import OperationalMetrics
 from services.aggregator.store import store_batch
 from shared.catalogue import Catalogue
 
-from .harness import FakeClock, js_reply
+from .harness import FakeClock, cloudevent, js_reply
 
 GM = "greater-manchester"
 NOW = datetime(2025, 9, 1, 12, 0, tzinfo=UTC)
@@ -43,26 +43,15 @@ def z(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
-def event(
-    event_id: str, time: str, data: dict[str, Any], *, source: str = GM, kind: str = "milestone"
-) -> dict[str, Any]:
-    return {
-        "specversion": "1.0",
-        "id": event_id,
-        "source": source,
-        "type": f"org.cotn.{kind}.v1",
-        "time": time,
-        "data": data,
-    }
-
-
 def ms(event_id: str, time: str, proposal: str, milestone: str, status: str) -> dict[str, Any]:
-    return event(event_id, time, {"proposal": proposal, "milestone": milestone, "status": status})
+    return cloudevent(
+        event_id, GM, time, {"proposal": proposal, "milestone": milestone, "status": status}
+    )
 
 
 def report(event_id: str, time: str, kpi: str, value: float, period: str) -> dict[str, Any]:
     data = {"kpi": kpi, "value": value, "period": period}
-    return event(event_id, time, data, source="nhsa", kind="kpi")
+    return cloudevent(event_id, "nhsa", time, data, kind="kpi")
 
 
 # (stream sequence, subject, event, when JetStream stored it)

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import yaml
 
 from services.aggregator.app import Aggregator, create_app
@@ -26,20 +25,8 @@ from shared.bus import STATUS_STREAM
 from shared.catalogue import DEFAULT_CATALOGUE
 from shared.natsserver import NatsServer
 
-from .harness import Bus, Database, FakeClock, bus_at, database_at, eventually, milestone
+from .harness import Bus, Database, FakeClock, eventually, milestone
 from .harness import settings_for as harness_settings
-
-
-@pytest.fixture
-async def bus(fresh_nats: NatsServer) -> AsyncIterator[Bus]:
-    async with bus_at(fresh_nats.url) as b:
-        yield b
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    async with database_at(database_url) as database:
-        yield database
 
 
 @asynccontextmanager

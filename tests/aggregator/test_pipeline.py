@@ -34,8 +34,6 @@ from .harness import (
     Bus,
     Database,
     FakeClock,
-    bus_at,
-    database_at,
     eventually,
     kpi,
     milestone,
@@ -47,18 +45,6 @@ from .harness import (
 MILESTONE = "org.cotn.milestone.v1"
 KPI = "org.cotn.kpi.v1"
 PG_ADMIN_URL = os.environ.get("COTN_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-@pytest.fixture
-async def bus(fresh_nats: NatsServer) -> AsyncIterator[Bus]:
-    async with bus_at(fresh_nats.url) as b:
-        yield b
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    async with database_at(database_url) as database:
-        yield database
 
 
 def persisted(aggregator: Aggregator, event_type: str = MILESTONE) -> float:

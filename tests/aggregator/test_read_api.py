@@ -39,7 +39,7 @@ from shared.health import KpiObservation, MilestoneState, ProgrammeState, progra
 from shared.kinds.milestone import MILESTONE_STATUSES
 from tests.faults.checks import postgres_away
 
-from .harness import js_reply
+from .harness import cloudevent, js_reply
 
 NOW = datetime(2025, 8, 1, 12, 0, tzinfo=UTC)
 PROGRAMME_START = datetime(2025, 3, 1, tzinfo=UTC)
@@ -56,19 +56,6 @@ FINANCE_EXPECTED_2025 = 200.0
 
 def ts(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
-
-
-def cloudevent(
-    event_id: str, source: str, time: str, data: dict[str, Any], kind: str = "milestone"
-) -> dict[str, Any]:
-    return {
-        "specversion": "1.0",
-        "id": event_id,
-        "source": source,
-        "type": f"org.cotn.{kind}.v1",
-        "time": time,
-        "data": data,
-    }
 
 
 # (stream sequence, subject, event): what the column services would have published.
