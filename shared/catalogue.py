@@ -117,6 +117,9 @@ class Proposal(_Model):
     stall_threshold: Duration
     overdue_grace: Duration = timedelta(days=14)
     dates_are_draft: bool = True
+    updates: Updates | None = Field(
+        default=None, description="Who owes progress updates and how often; None for nobody"
+    )
 
     @cached_property
     def milestone_by_id(self) -> dict[str, Milestone]:
@@ -125,6 +128,39 @@ class Proposal(_Model):
     def milestone(self, milestone_id: str) -> Milestone | None:
         """The milestone with this id (the first, should a catalogue repeat one), or None."""
         return self.milestone_by_id.get(milestone_id)
+
+
+Frequency = Literal["monthly", "quarterly", "annual"]
+"""How often a return is owed: one per month (``2026-07``), quarter (``2026-Q3``) or year."""
+
+
+class Window(_Model):
+    """When one authority owes returns: it may join after the programme starts or leave."""
+
+    authority: Id
+    since: date | None = Field(default=None, description="First day it owes returns for")
+    until: date | None = Field(default=None, description="Last day it owes returns for")
+
+
+class Returns(_Model):
+    """How often returns are owed and how many days after a period's end each is due."""
+
+    frequency: Frequency
+    due_days: int = Field(ge=0, description="Days after the period's end a return is due by")
+    windows: list[Window] = Field(
+        default_factory=list,
+        description="Dates from and until which an authority owes returns (default: always)",
+    )
+
+    def window_of(self, authority: str) -> Window | None:
+        """The window of ``authority`` (the first, should a catalogue repeat one), or None."""
+        return next((w for w in self.windows if w.authority == authority), None)
+
+
+class Updates(Returns):
+    """Who owes a progress update of a proposal (a milestone event or ``org.cotn.update.v1``)."""
+
+    by: list[Id] = Field(min_length=1, description="The partners that owe progress updates")
 
 
 class Point(_Model):
@@ -146,6 +182,9 @@ class Kpi(_Model):
     source: str = Field(description="Where the paper gives the figure")
     comparator: str | None = None
     target_is_draft: bool = False
+    returns: Returns | None = Field(
+        default=None, description="How often its reporters owe a return; None for no obligation"
+    )
 
 
 class Catalogue(_Model):

@@ -51,12 +51,27 @@ class Event(EventBase, table=True):
         # The state as at an instant: per key, the newest event up to it (queries.load_state).
         sa.Index("ix_event_milestone_time", "proposal", "milestone", "event_time", "stream_seq"),
         sa.Index("ix_event_kpi_time", "kpi", "event_time", "stream_seq"),
+        # Reviews and locks: a return's events and reviews in stream order.
+        sa.Index("ix_event_target", "target", "stream_seq"),
+        # Completeness: per reporter and period, the first return received.
+        sa.Index("ix_event_return", "type", "source", "period", "received_at"),
     )
 
     source: str = Field(primary_key=True, max_length=Id)
     event_id: str = Field(primary_key=True, max_length=256)
     milestone: str | None = Field(default=None, max_length=Id)
     kpi: str | None = Field(default=None, max_length=Id)
+    period: str | None = Field(
+        default=None, max_length=16, description="The reporting period a return is for"
+    )
+    target: str | None = Field(
+        default=None, max_length=200, description="The reviewable return it is of (shared.reviews)"
+    )
+    held: int | None = Field(
+        default=None,
+        sa_type=sa.BigInteger,
+        description="Kept aside: the stream sequence of the approval that locked its return",
+    )
     digest: str = Field(max_length=64, description="SHA-256 of the canonical event")
 
 

@@ -32,7 +32,14 @@ from services.aggregator.storage.log import (
     PROPOSAL_STATUS,
     NewEvent,
     execute,
+    refold,
+    review_of_event_row,
+    review_of_row,
+    reviews_of,
+    tuples,
 )
+from shared.kinds.review import TYPE as REVIEW
+from shared.reviews import Review, holding_review
 
 __all__ = ["NO_REFS", "BatchOutcome", "NewEvent", "record_status_change", "store_batch"]
 
@@ -44,10 +51,13 @@ class BatchOutcome:
     persisted: Counter[str] = field(default_factory=Counter)
     duplicates: int = 0
     conflicts: int = 0
+    held: int = 0
+    """Events kept aside by a lock (stored, never folded)."""
     dead_letters: Counter[str] = field(default_factory=Counter)
 
     def merge(self, other: BatchOutcome) -> None:
         self.persisted += other.persisted
+        self.held += other.held
         self.duplicates += other.duplicates
         self.conflicts += other.conflicts
         self.dead_letters += other.dead_letters
@@ -68,12 +78,87 @@ async def store_batch(
         return outcome
     first = _first_of_each_key(events)
     connection = await session.connection()
+    targets = {e.row["target"] for e in first.values() if e.row["target"] is not None}
+    if targets:
+        await backend(session).serialize_returns(connection)
+        reviews = await _hold_locked(session, first.values(), targets)
     inserted = await backend(session).insert_and_project(connection, list(first.values()))
     outcome.persisted = Counter(first[key].row["type"] for key in inserted)
+    outcome.held = sum(1 for key in inserted if first[key].row["held"] is not None)
+    reviewed = {first[key].row["target"] for key in inserted if first[key].row["type"] == REVIEW}
+    for target in sorted(reviewed):
+        outcome.held += await _rehold(session, target, reviews[target])
     repeats = [e for e in events if e.key not in inserted or first[e.key] is not e]
     if repeats:
         outcome.duplicates, outcome.conflicts = await _record_repeats(session, repeats, recorded_at)
     return outcome
+
+
+async def _reviews_of(session: AsyncSession, targets: Iterable[str]) -> dict[str, list[Review]]:
+    """The stored reviews of ``targets``, each target's in stream order."""
+    found: dict[str, list[Review]] = {t: [] for t in targets}
+    if not found:
+        return found
+    rows = await execute(session, reviews_of(EVENT.c.target.in_(sorted(found))))
+    for row in rows:
+        found[row.target].append(review_of_row(row))
+    return found
+
+
+async def _hold_locked(
+    session: AsyncSession, events: Iterable[NewEvent], targets: set[str]
+) -> dict[str, list[Review]]:
+    """Mark each event of a locked return ``held`` (by the approval that locks it, by stream
+    order); the targets' reviews, stored and of this batch, in stream order."""
+    reviews = await _reviews_of(session, targets)
+    events = sorted(events, key=lambda e: e.row["stream_seq"])
+    stored = {(r.source, r.event_id) for rs in reviews.values() for r in rs}
+    for e in events:
+        row = e.row
+        if row["type"] == REVIEW and e.key not in stored:
+            reviews[row["target"]].append(review_of_event_row(row))
+    for rs in reviews.values():
+        rs.sort(key=lambda r: r.stream_seq)
+    for e in events:
+        row = e.row
+        if row["target"] is not None and row["type"] != REVIEW:
+            holder = holding_review(reviews[row["target"]], row["stream_seq"])
+            row["held"] = None if holder is None else holder.stream_seq
+    return reviews
+
+
+async def _rehold(session: AsyncSession, target: str, reviews: Sequence[Review]) -> int:
+    """After a review of ``target`` is stored: hold (or release) the target's stored events
+    as its reviews in stream order say, and fold again what that changed. A review stored
+    after events that came later in the stream (a redelivered batch, another replica) is
+    applied as if it had come in order. How many events it newly holds."""
+    rows = tuples(
+        await execute(
+            session,
+            sa.select(EVENT.c.source, EVENT.c.event_id, EVENT.c.stream_seq, EVENT.c.held).where(
+                EVENT.c.target == target, EVENT.c.type != REVIEW
+            ),
+        )
+    )
+    changed: list[dict[str, Any]] = []
+    newly = 0
+    for source, event_id, stream_seq, held in rows:
+        holder = holding_review(reviews, stream_seq)
+        now_held = None if holder is None else holder.stream_seq
+        if now_held != held:
+            newly += held is None
+            changed.append({"s": source, "i": event_id, "h": now_held})
+    if not changed:
+        return 0
+    await execute(
+        session,
+        sa.update(EVENT)
+        .where(EVENT.c.source == sa.bindparam("s"), EVENT.c.event_id == sa.bindparam("i"))
+        .values(held=sa.bindparam("h")),
+        changed,
+    )
+    await refold(session, EVENT.c.target == target)
+    return newly
 
 
 def _first_of_each_key(events: Iterable[NewEvent]) -> dict[tuple[str, str], NewEvent]:

@@ -8,9 +8,9 @@ all read :data:`KINDS`.
 
 from __future__ import annotations
 
-from shared.kinds import kpi, milestone
+from shared.kinds import kpi, milestone, review, update
 from shared.kinds.base import EventKind, Projection, Refused, Registry
 
-KINDS = Registry([milestone.KIND, kpi.KIND])
+KINDS = Registry([milestone.KIND, kpi.KIND, update.KIND, review.KIND])
 
 __all__ = ["KINDS", "EventKind", "Projection", "Refused", "Registry"]

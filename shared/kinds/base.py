@@ -14,6 +14,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, NamedTuple, Union
 
 import sqlalchemy as sa
@@ -21,6 +22,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 
 from shared.catalogue import Catalogue
 from shared.events import MAX_EXTENSIONS, CloudEvent, extension_problem
+from shared.periods import period_start
 from shared.problems import Problem, problems_from_validation
 
 Log = sa.Table | sa.CTE | sa.Subquery
@@ -81,6 +83,19 @@ class EventKind:
         """The log columns that name a catalogue entry of this kind, and the entries the
         catalogue knows: ``cotn replay`` folds only those."""
         return (), []
+
+
+def future_period_problems(period: str, time: datetime, what: str) -> list[Problem]:
+    """``data.period`` refused when it begins after the event's ``time``: ``what`` (a return,
+    an update) is for a period that has begun, the current one included."""
+    begins = period_start(period)
+    if begins <= time.astimezone(UTC).date():
+        return []
+    reason = (
+        f"{period} begins on {begins}, after the event's time: {what} is for a period that "
+        "has begun (the current one included)"
+    )
+    return [Problem("data.period", reason, code="future_period")]
 
 
 class Refused(ValueError):

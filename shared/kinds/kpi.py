@@ -8,7 +8,7 @@ the newest report by (event time, stream sequence).
 from __future__ import annotations
 
 import builtins
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
 import sqlalchemy as sa
@@ -18,9 +18,10 @@ from sqlmodel import Field, SQLModel
 
 from shared.catalogue import Catalogue
 from shared.events import CloudEvent, FiniteNumber, Frozen, Note, Ref
-from shared.kinds.base import EventKind, Log, Projection
-from shared.periods import PERIOD_PATTERN, period_start
+from shared.kinds.base import EventKind, Log, Projection, future_period_problems
+from shared.periods import PERIOD_PATTERN, frequency_of, period_of, period_start
 from shared.problems import Problem
+from shared.reviews import kpi_target
 from shared.tables import Id, table_of, utc
 
 TYPE = "org.cotn.kpi.v1"
@@ -63,7 +64,13 @@ class Kpis(EventKind):
     name: ClassVar[str] = "kpi"
     model: ClassVar[builtins.type[CloudEvent]] = KpiEvent
     description: ClassVar[str] = "A KPI's actual for one period, reported by one of its reporters"
-    codes: ClassVar[tuple[str, ...]] = ("unknown_kpi", "bad_subject", "future_period", "wrong_unit")
+    codes: ClassVar[tuple[str, ...]] = (
+        "unknown_kpi",
+        "bad_subject",
+        "future_period",
+        "wrong_unit",
+        "wrong_period",
+    )
 
     def check(
         self, event: Any, *, catalogue: Catalogue, column: str, authority: str | None
@@ -83,16 +90,17 @@ class Kpis(EventKind):
                     code="bad_subject",
                 )
             )
-        begins = period_start(data.period)
-        if begins > event.time.astimezone(UTC).date():
+        if kpi.returns and frequency_of(data.period) != kpi.returns.frequency:
             problems.append(
                 Problem(
                     "data.period",
-                    f"{data.period} begins on {begins}, after the event's time: a return is "
-                    "for a period that has begun (the current one included)",
-                    code="future_period",
+                    f"{data.period} is a {frequency_of(data.period)} period but KPI {kpi.id} is "
+                    f"reported {kpi.returns.frequency} "
+                    f"(e.g. {period_of(period_start(data.period), kpi.returns.frequency)})",
+                    code="wrong_period",
                 )
             )
+        problems += future_period_problems(data.period, event.time, "a return")
         if data.unit is not None and data.unit != kpi.unit:
             problems.append(
                 Problem(
@@ -114,7 +122,12 @@ class Kpis(EventKind):
         return proposal in catalogue.kpi_by_id[event.data.kpi].evidences
 
     def row(self, event: Any) -> dict[str, Any]:
-        return {"kpi": event.data.kpi}
+        data = event.data
+        return {
+            "kpi": data.kpi,
+            "period": data.period,
+            "target": kpi_target(data.kpi, data.period, event.source),
+        }
 
     def projection(self, log: Log) -> Projection:
         c = log.c

@@ -15,10 +15,12 @@ import sqlalchemy as sa
 from pydantic import HttpUrl
 from sqlmodel import Field, SQLModel
 
-from shared.catalogue import Catalogue
+from shared.catalogue import Catalogue, Proposal
 from shared.events import CloudEvent, Frozen, Note, Ref
 from shared.kinds.base import EventKind, Log, Projection
+from shared.periods import month_of
 from shared.problems import Problem
+from shared.reviews import milestone_target
 from shared.tables import Id, table_of, utc
 
 TYPE = "org.cotn.milestone.v1"
@@ -58,6 +60,35 @@ class MilestoneStateRow(SQLModel, table=True):
 MILESTONE_STATE = table_of(MilestoneStateRow)
 
 
+def proposal_problems(
+    proposal_id: str, catalogue: Catalogue, column: str, authority: str | None
+) -> tuple[Proposal | None, list[Problem]]:
+    """The proposal an event names (None if unknown or another column's) and the problems of
+    naming it: unknown, another column's, or (``authority`` given) not the sender's."""
+    proposal = catalogue.proposal_by_id.get(proposal_id)
+    if proposal is None:
+        return None, [
+            Problem("data.proposal", f"unknown proposal {proposal_id!r}", code="unknown_proposal")
+        ]
+    owner = catalogue.column_of[proposal.id]
+    if owner != column:
+        return None, [
+            Problem(
+                "data.proposal",
+                f"proposal {proposal.id!r} belongs to the {owner!r} column: "
+                f"post it to the {owner} column service",
+                code="bad_subject",
+            )
+        ]
+    if authority is not None and authority not in proposal.partners:
+        return proposal, [
+            Problem(
+                "data.proposal", f"{authority!r} is not a partner of proposal {proposal.id}", 403
+            )
+        ]
+    return proposal, []
+
+
 class Milestones(EventKind):
     type: ClassVar[str] = TYPE
     name: ClassVar[str] = "milestone"
@@ -69,40 +100,16 @@ class Milestones(EventKind):
         self, event: Any, *, catalogue: Catalogue, column: str, authority: str | None
     ) -> list[Problem]:
         data = event.data
-        proposal = catalogue.proposal_by_id.get(data.proposal)
-        if proposal is None:
-            return [
-                Problem(
-                    "data.proposal", f"unknown proposal {data.proposal!r}", code="unknown_proposal"
-                )
-            ]
-        owner = catalogue.column_of[proposal.id]
-        if owner != column:
-            return [
-                Problem(
-                    "data.proposal",
-                    f"proposal {proposal.id!r} belongs to the {owner!r} column: "
-                    f"post it to the {owner} column service",
-                    code="bad_subject",
-                )
-            ]
-        problems = []
-        if proposal.milestone(data.milestone) is None:
+        proposal, problems = proposal_problems(data.proposal, catalogue, column, authority)
+        if proposal is not None and proposal.milestone(data.milestone) is None:
             known = ", ".join(m.id for m in proposal.milestones)
-            problems.append(
+            problems.insert(
+                0,
                 Problem(
                     "data.milestone",
                     f"unknown milestone {data.milestone!r} of {proposal.id} (known: {known})",
                     code="unknown_milestone",
-                )
-            )
-        if authority is not None and authority not in proposal.partners:
-            problems.append(
-                Problem(
-                    "data.proposal",
-                    f"{authority!r} is not a partner of proposal {proposal.id}",
-                    403,
-                )
+                ),
             )
         return problems
 
@@ -113,7 +120,11 @@ class Milestones(EventKind):
         return bool(event.data.proposal == proposal)
 
     def row(self, event: Any) -> dict[str, Any]:
-        return {"milestone": event.data.milestone}
+        return {
+            "milestone": event.data.milestone,
+            "period": month_of(event.time),
+            "target": milestone_target(event.data.proposal, event.data.milestone),
+        }
 
     def projection(self, log: Log) -> Projection:
         c = log.c

@@ -160,7 +160,7 @@ def _cloudevent(
 def subject_of(body: dict[str, Any], catalogue: Catalogue = CATALOGUE) -> str:
     """The subject a column service files the event under."""
     event = KINDS.parse(body)
-    if isinstance(event, MilestoneEvent):
+    if isinstance(event, MilestoneEvent) or getattr(event.data, "kpi", None) is None:
         proposal = event.data.proposal
     else:
         proposal = catalogue.kpi_by_id[event.data.kpi].evidences[0]

@@ -22,11 +22,12 @@ from services.aggregator.consumer import decode
 from services.aggregator.db import make_engine, session_factory, upgrade
 from services.aggregator.models import EventConflict
 from services.aggregator.replay import replay
+from services.aggregator.storage.log import EVENT
 from shared.catalogue import Catalogue
 from shared.kinds.kpi import KPI_OBSERVATION
 from shared.kinds.milestone import MILESTONE_STATE
 
-from .harness import T0, Database, database_at, kpi, milestone
+from .harness import T0, Database, cloudevent, database_at, kpi, milestone
 from .test_consumer_units import js_message
 
 NOW = datetime(2025, 7, 1, tzinfo=UTC)
@@ -237,3 +238,80 @@ async def test_replay_rebuilds_the_projections(
         await session.exec(sa.update(KPI_OBSERVATION).values(value=-1))
     assert await replay(database_url=database_url, catalogue=catalogue) == 200
     assert await db.state() == live
+
+
+# Locks: an approved return keeps later events aside by stream order, however the batches
+# arrive (the review API and the column services are tested apart).
+
+
+def review(event_id: str, action: str, reason: str | None = None, **target: str) -> dict[str, Any]:
+    data: dict[str, Any] = {"action": action, **target}
+    if reason:
+        data["reason"] = reason
+    return cloudevent(event_id, "office/jane", "2025-07-01T10:00:00Z", data, "review")
+
+
+TARGET = {"kpi": "life-sciences-jobs", "period": "2025", "reporter": "nhsa"}
+
+
+async def observed(db: Database) -> float | None:
+    async with db.engine.connect() as conn:
+        row = (
+            await conn.execute(
+                sa.select(KPI_OBSERVATION.c.value).where(KPI_OBSERVATION.c.period == "2025")
+            )
+        ).first()
+    return None if row is None else row.value
+
+
+async def held(db: Database) -> dict[str, int | None]:
+    async with db.engine.connect() as conn:
+        rows = await conn.execute(
+            sa.select(EVENT.c.event_id, EVENT.c.held).where(EVENT.c.type == "org.cotn.kpi.v1")
+        )
+        return {r.event_id: r.held for r in rows}
+
+
+async def test_an_approval_keeps_later_events_of_its_return_aside(db: Database, log: Log) -> None:
+    first = log(kpi("k1", "life-sciences-jobs", 100, "2025", T0, source="nhsa"))
+    approval = log(review("r1", "approve", **TARGET))
+    late = log(kpi("k2", "life-sciences-jobs", 999, "2025", T0 + timedelta(hours=1), source="nhsa"))
+    other = log(kpi("k3", "life-sciences-jobs", 120, "2025", T0 + timedelta(hours=2)))
+    outcome = await put(db, first + approval + late)
+    assert outcome.held == 1
+    assert await held(db) == {"k1": None, "k2": 2}
+    assert await observed(db) == 100
+    # Another reporter's return of the same KPI period is its own, and not locked.
+    await put(db, other)
+    assert await observed(db) == 120
+
+
+async def test_a_review_stored_after_later_events_holds_them_and_folds_again(
+    db: Database, log: Log
+) -> None:
+    first = log(kpi("k1", "life-sciences-jobs", 100, "2025", T0, source="nhsa"))
+    approval = log(review("r1", "approve", **TARGET))
+    late = log(kpi("k2", "life-sciences-jobs", 999, "2025", T0 + timedelta(hours=1), source="nhsa"))
+    await put(db, first + late)  # the approval's batch is redelivered after this one
+    assert await observed(db) == 999
+    outcome = await put(db, approval)
+    assert outcome.held == 1
+    assert await held(db) == {"k1": None, "k2": 2}
+    assert await observed(db) == 100
+
+
+async def test_a_reopen_releases_what_comes_after_it_only(db: Database, log: Log) -> None:
+    batch = [
+        *log(kpi("k1", "life-sciences-jobs", 100, "2025", T0, source="nhsa")),
+        *log(review("r1", "approve", **TARGET)),
+        *log(kpi("k2", "life-sciences-jobs", 200, "2025", T0 + timedelta(hours=1), source="nhsa")),
+        *log(review("r2", "reopen", "figure restated", **TARGET)),
+        *log(kpi("k3", "life-sciences-jobs", 300, "2025", T0 + timedelta(hours=2), source="nhsa")),
+    ]
+    await put(db, batch)
+    assert await held(db) == {"k1": None, "k2": 2, "k3": None}
+    assert await observed(db) == 300
+    # The same batch again (a redelivery) changes nothing.
+    outcome = await put(db, batch)
+    assert outcome.held == 0
+    assert await held(db) == {"k1": None, "k2": 2, "k3": None}

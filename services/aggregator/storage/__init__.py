@@ -39,6 +39,10 @@ class Backend(Protocol):
         """Per key of ``projection``, its newest ``event`` row among those matching
         ``where``: the state as at an instant (:func:`.log.newest_as_at`)."""
 
+    async def serialize_returns(self, connection: AsyncConnection) -> None:
+        """Make the rest of the transaction the only writer deciding which events a review
+        holds (until it commits)."""
+
     async def insert_and_project(
         self, connection: AsyncConnection, events: Sequence[NewEvent]
     ) -> set[tuple[str, str]]:

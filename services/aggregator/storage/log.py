@@ -26,6 +26,8 @@ from services.aggregator.models import (
 )
 from shared.kinds import KINDS, Projection
 from shared.kinds.base import Log
+from shared.kinds.review import TYPE as REVIEW
+from shared.reviews import Review
 from shared.tables import table_of
 
 EVENT = table_of(Event)
@@ -33,7 +35,7 @@ CONFLICT = table_of(EventConflict)
 DEAD_LETTER = table_of(DeadLetter)
 PROPOSAL_STATUS = table_of(ProposalStatus)
 
-NO_REFS: dict[str, None] = {c: None for c in ("milestone", "kpi")}
+NO_REFS: dict[str, None] = {c: None for c in ("milestone", "kpi", "period", "target", "held")}
 """The ``event`` table's reference columns, empty until the event's kind fills its own."""
 
 PUBLIC_COLUMNS = [*(EVENT.c[name] for name in EventBase.model_fields), EVENT.c.event_id.label("id")]
@@ -78,7 +80,8 @@ def newest_of_each_key(
     projection: Projection, rows: sa.FromClause, *where: sa.ColumnElement[bool] | sa.TextClause
 ) -> sa.Select[Any]:
     """The projection row of the newest event (by event time, then stream sequence) of each
-    key among the ``event`` rows of ``rows`` that match ``where``."""
+    key among the ``event`` rows of ``rows`` that match ``where`` (events kept aside by a
+    lock, ``held``, are never folded)."""
     rank = (
         sa.func.row_number()
         .over(
@@ -90,7 +93,7 @@ def newest_of_each_key(
     ranked = (
         sa.select(*projection.columns, rank)
         .select_from(rows)
-        .where(EVENT.c.type == projection.kind, *where)
+        .where(EVENT.c.type == projection.kind, EVENT.c.held.is_(None), *where)
         .subquery()
     )
     return sa.select(*(ranked.c[c.name] for c in projection.table.columns)).where(
@@ -135,6 +138,7 @@ def _newest_up_to(
         sa.select(*([inner.c.stream_seq] if sequence_only else mine.columns))
         .where(
             inner.c.type == projection.kind,
+            inner.c.held.is_(None),
             *(e == table.c[c.name] for e, c in zip(mine.key, keys, strict=True)),
             *(condition(inner) for condition in where),
         )
@@ -176,6 +180,75 @@ def log_rows(projection: Projection, *where: sa.ColumnElement[bool]) -> sa.Selec
     the order the projection folds them (event time, then stream sequence)."""
     return (
         sa.select(*projection.columns)
-        .where(EVENT.c.type == projection.kind, *where)
+        .where(EVENT.c.type == projection.kind, EVENT.c.held.is_(None), *where)
         .order_by(EVENT.c.event_time, EVENT.c.stream_seq)
     )
+
+
+REVIEW_COLUMNS = [
+    EVENT.c.target, EVENT.c.data, EVENT.c.stream_seq, EVENT.c.source, EVENT.c.event_id,
+    EVENT.c.event_time,
+]  # fmt: skip
+
+
+def reviews_of(*where: sa.ColumnElement[bool]) -> sa.Select[Any]:
+    """The stored reviews that match ``where``, in stream order."""
+    return (
+        sa.select(*REVIEW_COLUMNS)
+        .where(EVENT.c.type == REVIEW, *where)
+        .order_by(EVENT.c.stream_seq)
+    )
+
+
+def review_of_row(row: Any) -> Review:
+    """A :class:`~shared.reviews.Review` from a row of :func:`reviews_of`."""
+    return Review(
+        target=row.target,
+        action=row.data["action"],
+        stream_seq=row.stream_seq,
+        source=row.source,
+        event_id=row.event_id,
+        event_time=row.event_time,
+        reason=row.data.get("reason"),
+    )
+
+
+def review_of_event_row(row: dict[str, Any]) -> Review:
+    """A :class:`~shared.reviews.Review` from a new ``event`` row."""
+    return Review(
+        target=row["target"],
+        action=row["data"]["action"],
+        stream_seq=row["stream_seq"],
+        source=row["source"],
+        event_id=row["event_id"],
+        event_time=row["event_time"],
+        reason=row["data"].get("reason"),
+    )
+
+
+async def refold(session: AsyncSession, rows: sa.ColumnElement[bool]) -> None:
+    """Fold again, from the log, every projection key that the ``event`` rows matching
+    ``rows`` fold into: what a change of which events are held changes."""
+    for projection in projections(EVENT):
+        table = projection.table
+        keys = tuples(
+            await execute(
+                session,
+                sa.select(*projection.key).where(EVENT.c.type == projection.kind, rows).distinct(),
+            )
+        )
+        pk = list(table.primary_key.columns)
+        for values in keys:
+            await execute(
+                session,
+                sa.delete(table).where(*(c == v for c, v in zip(pk, values, strict=True))),
+            )
+            newest = newest_of_each_key(
+                projection,
+                EVENT,
+                *(e == v for e, v in zip(projection.key, values, strict=True)),
+            )
+            await execute(
+                session,
+                sa.insert(table).from_select([c.name for c in table.columns], newest),
+            )

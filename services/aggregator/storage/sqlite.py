@@ -34,7 +34,14 @@ from shared.tables import UtcDateTime
 NAME = "sqlite"
 insert = sqlite.insert
 AS_AT_SETTINGS: tuple[str, ...] = ()
-__all__ = ["AS_AT_SETTINGS", "NAME", "aware", "insert", "insert_and_project", "newest_as_at"]
+__all__ = [
+    "AS_AT_SETTINGS", "NAME", "aware", "insert", "insert_and_project", "newest_as_at",
+    "serialize_returns",
+]  # fmt: skip
+
+
+async def serialize_returns(connection: AsyncConnection) -> None:
+    """Nothing to do: a writer's transaction began IMMEDIATE, so writers are one at a time."""
 
 
 def aware(column: sa.Column[datetime]) -> sa.ColumnElement[datetime]:
