@@ -89,7 +89,17 @@ def proposal_problems(
     return proposal, []
 
 
-class Milestones(EventKind):
+class OfAProposal(EventKind):
+    """A kind whose data names its proposal (``data.proposal``): filed under it."""
+
+    def proposal(self, event: Any, *, catalogue: Catalogue, column: str) -> str:
+        return str(event.data.proposal)
+
+    def files_under(self, event: Any, proposal: str, catalogue: Catalogue) -> bool:
+        return bool(event.data.proposal == proposal)
+
+
+class Milestones(OfAProposal):
     type: ClassVar[str] = TYPE
     name: ClassVar[str] = "milestone"
     model: ClassVar[builtins.type[CloudEvent]] = MilestoneEvent
@@ -112,12 +122,6 @@ class Milestones(EventKind):
                 ),
             )
         return problems
-
-    def proposal(self, event: Any, *, catalogue: Catalogue, column: str) -> str:
-        return str(event.data.proposal)
-
-    def files_under(self, event: Any, proposal: str, catalogue: Catalogue) -> bool:
-        return bool(event.data.proposal == proposal)
 
     def row(self, event: Any) -> dict[str, Any]:
         return {

@@ -18,8 +18,8 @@ from pydantic import StrictStr
 
 from shared.catalogue import Catalogue
 from shared.events import CloudEvent, Frozen, Note, Ref
-from shared.kinds.base import EventKind, future_period_problems
-from shared.kinds.milestone import proposal_problems
+from shared.kinds.base import future_period_problems
+from shared.kinds.milestone import OfAProposal, proposal_problems
 from shared.periods import PERIOD_PATTERN, coarser, frequency_of, month_of
 from shared.problems import Problem
 
@@ -44,7 +44,7 @@ class UpdateEvent(CloudEvent):
     data: UpdateData
 
 
-class Updates(EventKind):
+class Updates(OfAProposal):
     type: ClassVar[str] = TYPE
     name: ClassVar[str] = "update"
     model: ClassVar[builtins.type[CloudEvent]] = UpdateEvent
@@ -68,12 +68,6 @@ class Updates(EventKind):
             )
         problems += future_period_problems(data.period, event.time, "an update")
         return problems
-
-    def proposal(self, event: Any, *, catalogue: Catalogue, column: str) -> str:
-        return str(event.data.proposal)
-
-    def files_under(self, event: Any, proposal: str, catalogue: Catalogue) -> bool:
-        return bool(event.data.proposal == proposal)
 
     def row(self, event: Any) -> dict[str, Any]:
         return {"period": event.data.period or month_of(event.time)}
