@@ -321,6 +321,13 @@ def _cross_reference_problems(cat: Catalogue) -> list[str]:
             if a not in authorities
         ]
         problems += _duplicates(f"{where}.milestones", [m.id for m in proposal.milestones])
+        if proposal.updates is not None:
+            problems += _returns_problems(f"{where}.updates", proposal.updates, proposal.partners)
+            problems += [
+                f"{where}.updates.by: {a!r} is not a partner of {proposal.id}"
+                for a in proposal.updates.by
+                if a not in proposal.partners
+            ]
         for before, after in zip(proposal.milestones, proposal.milestones[1:], strict=False):
             if after.due < before.due:
                 problems.append(
@@ -347,6 +354,25 @@ def _cross_reference_problems(cat: Catalogue) -> list[str]:
             for p in kpi.evidences
             if p not in proposals
         ]
+        if kpi.returns is not None:
+            problems += _returns_problems(f"{where}.returns", kpi.returns, kpi.reporters)
+    return problems
+
+
+def _returns_problems(where: str, returns: Returns, owers: list[str]) -> list[str]:
+    """A reporter window must end after it starts and be of one who owes the returns."""
+    problems = _duplicates(f"{where}.windows", [w.authority for w in returns.windows])
+    for window in returns.windows:
+        place = f"{where}.windows[{window.authority}]"
+        if window.authority not in owers:
+            problems.append(
+                f"{place}: {window.authority!r} does not owe these returns "
+                f"(they are owed by {', '.join(owers)})"
+            )
+        if window.since and window.until and window.until < window.since:
+            problems.append(
+                f"{place}.until: {window.until} is before its since date {window.since}"
+            )
     return problems
 
 

@@ -454,6 +454,44 @@ BROKEN: list[tuple[str, Callable[[Raw], object], list[str]]] = [
         ],
     ),
     (
+        "unknown reporting frequency",
+        lambda r: _kpi(r, "exports")["returns"].update(frequency="weekly"),
+        [
+            "kpis[exports].returns.frequency: Input should be 'monthly', 'quarterly' or "
+            "'annual'"
+        ],
+    ),
+    (
+        "negative due delay",
+        lambda r: _proposal(r, "2b")["updates"].update(due_days=-1),
+        ["proposals[2b].updates.due_days: Input should be greater than or equal to 0"],
+    ),
+    (
+        "reporter window that ends before it starts",
+        lambda r: _kpi(r, "exports")["returns"].update(
+            windows=[{"authority": "cumbria", "since": "2026-04-01", "until": "2026-03-31"}]
+        ),
+        [
+            "kpis[exports].returns.windows[cumbria].until: 2026-03-31 is before its since "
+            "date 2026-04-01"
+        ],
+    ),
+    (
+        "reporter window of an authority that is not a reporter",
+        lambda r: _kpi(r, "early-stage-finance")["returns"].update(
+            windows=[{"authority": "cumbria", "until": "2026-03-31"}]
+        ),
+        [
+            "kpis[early-stage-finance].returns.windows[cumbria]: 'cumbria' does not owe these "
+            "returns (they are owed by northern-gritstone, northern-universities)"
+        ],
+    ),
+    (
+        "progress updates owed by an authority that is not a partner",
+        lambda r: _proposal(r, "prevention")["updates"].update(by=["innovate-uk"]),
+        ["proposals[prevention].updates.by: 'innovate-uk' is not a partner of prevention"],
+    ),
+    (
         "lag that is not a duration",
         lambda r: _milestone(r, "2b", "partner-forum").update(
             follows=[{"milestone": "finance-gap-analysis", "lag": "soon"}]

@@ -141,7 +141,7 @@ def _inline_refs(node: Any, defs: dict[str, Any]) -> Any:
     return node
 
 
-def _problem_doc(status: int) -> dict[int | str, dict[str, Any]]:
+def problem_doc(status: int) -> dict[int | str, dict[str, Any]]:
     # FastAPI files a response "model" under the route's own media type (application/json),
     # so the problem schema is given inline under its real media type instead.
     schema = Problem.model_json_schema()
@@ -149,10 +149,10 @@ def _problem_doc(status: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"description": _title(status), "content": {PROBLEM_JSON: {"schema": schema}}}}
 
 
-NOT_FOUND = _problem_doc(404)
-UNPROCESSABLE = _problem_doc(422)
+NOT_FOUND = problem_doc(404)
+UNPROCESSABLE = problem_doc(422)
 UNAVAILABLE: dict[int | str, dict[str, Any]] = {
-    503: _problem_doc(503)[503]
+    503: problem_doc(503)[503]
     | {
         "headers": {
             "Retry-After": {

@@ -41,11 +41,13 @@ from services.aggregator.consumer import (
 )
 from services.aggregator.db import make_engine, session_factory, upgrade
 from services.aggregator.metrics import build_metrics_router
+from services.aggregator.office import NatsReviewBus, build_office_router
 from services.aggregator.opmetrics import OperationalMetrics
 from services.aggregator.settings import AggregatorSettings
 from services.aggregator.status import StatusPublisher, publish_status, status_publisher
 from shared.bus import AGGREGATOR_DURABLE, EVENTS_STREAM, ensure_streams
 from shared.catalogue import Catalogue, load_catalogue
+from shared.tokens import TokenStore
 
 log = logging.getLogger("cotn.aggregator")
 
@@ -149,6 +151,12 @@ class Aggregator:
         if self.consumer.database_ok is False:
             return False, "the database is not storing events: batches are being retried"
         return True, "consuming"
+
+    def review_bus(self) -> NatsReviewBus | None:
+        """Where the office's reviews and locks go; None while NATS is not connected."""
+        if not self._nats_connected():
+            return None
+        return NatsReviewBus(self.broker.config.connection_state.stream)
 
     def read_session(self) -> AsyncSession:
         """A session for the read API and ``/metrics``, once the schema is migrated."""
@@ -271,6 +279,15 @@ def create_app(
             sessions=aggregator.read_session,
             clock=clock,
             ready=aggregator.ready,
+        )
+    )
+    app.include_router(
+        build_office_router(
+            catalogue=catalogue,
+            sessions=aggregator.read_session,
+            clock=clock,
+            tokens=TokenStore.in_dir(settings.data_dir),
+            bus=aggregator.review_bus,
         )
     )
     app.include_router(

@@ -64,6 +64,9 @@ class AggregatorSettings(NatsClientSettings):
     catalogue: Path | None = Field(
         default=None, description="Catalogue file; None uses $COTN_CATALOGUE or the shipped one"
     )
+    data_dir: Path = Field(
+        default=Path(".cotn"), description="Where tokens.json lives: office tokens review"
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
 

@@ -176,8 +176,15 @@ def plan_stack(
     aggregator = Part(
         name="aggregator",
         argv=_serve_argv(
-            "aggregator", "--port", str(port), "--database-url", database_url, *shared_args
-        ),
+            "aggregator",
+            "--port",
+            str(port),
+            "--database-url",
+            database_url,
+            "--data-dir",
+            str(data_dir),
+            *shared_args,
+        ),  # fmt: skip
         log=log_dir / "aggregator.log",
         port=port,
         host=HOST,

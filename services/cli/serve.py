@@ -166,6 +166,14 @@ def aggregator(
         str | None, typer.Option(help="SQLAlchemy database URL.", show_default=False)
     ] = None,
     nats_url: NatsOption = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR",
+            help="Where tokens.json lives (office tokens review).",
+            show_default=False,
+        ),
+    ] = None,
     catalogue: CatalogueFileOption = None,
     log_level: LogLevelOption = LogLevel.info,
 ) -> None:
@@ -177,7 +185,12 @@ def aggregator(
     settings = _settings(
         AggregatorSettings,
         _given(
-            host=host, port=port, database_url=database_url, nats_url=nats_url, catalogue=catalogue
+            host=host,
+            port=port,
+            database_url=database_url,
+            nats_url=nats_url,
+            data_dir=data_dir,
+            catalogue=catalogue,
         ),
     )
     try:

@@ -1,0 +1,886 @@
+"""The programme office's API: completeness of returns, the review queue, and reviews.
+
+``GET /v1/reporting`` and ``GET /v1/reporting/{authority}`` rate the stored returns against
+the catalogue's obligations (:mod:`shared.reporting`) at the clock's ``today``.
+``GET /v1/reviews`` is the queue: returns waiting for review, returned for correction, and
+events a lock kept aside. ``POST /v1/reviews`` takes an office token (``cotn token create
+--office``), checks the return exists and where it stands, and publishes an
+``org.cotn.review.v1`` event to the stream like any other, with an id made of the action,
+the return and the version reviewed, so a retry is the same event and stored once. An
+approval or verification then puts the lock into the locks bucket the column services
+watch; a reopen of a lock deletes it. A lock reaches the services after its review is on
+the stream, so an event they accept meanwhile is later in the stream than the review and
+the aggregator keeps it aside (:mod:`shared.reviews`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from typing import Annotated, Any, Literal, Protocol
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from nats.js.client import JetStreamContext
+from nats.js.kv import KeyValue
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from services.aggregator import returns
+from services.aggregator.api import (
+    MAX_PAGE,
+    UNAVAILABLE,
+    UNPROCESSABLE,
+    Clock,
+    FieldProblem,
+    ProblemRoute,
+    Sessions,
+    problem_doc,
+    problem_response,
+)
+from services.aggregator.returns import KeptAside, Return
+from services.aggregator.storage.log import EVENT, execute
+from shared.bus import event_subject, msg_id
+from shared.catalogue import Catalogue
+from shared.kinds.review import KIND as REVIEW_KIND
+from shared.kinds.review import ReviewEvent, column_of_target
+from shared.reporting import (
+    Completeness,
+    Silence,
+    Status,
+    completeness,
+    extra_returns,
+    obligations,
+    silent_reporters,
+    statuses,
+)
+from shared.reviews import (
+    LOCKS_BUCKET,
+    LOCKS_STREAM,
+    Action,
+    Lock,
+    Review,
+    kpi_target,
+    milestone_target,
+)
+from shared.tokens import TokenRecord, TokenStore
+
+log = logging.getLogger("cotn.aggregator.office")
+
+STORED_WAIT_SECONDS = 5.0
+"""How long a review request waits for the aggregator to have stored its review."""
+
+
+class ReviewBus(Protocol):
+    """Where reviews and locks go: the events stream and the locks bucket."""
+
+    async def publish(self, subject: str, msg_id: str, payload: bytes) -> int:
+        """Publish with JetStream's ack; the stream sequence. Raises when it cannot."""
+        ...
+
+    async def put_lock(self, lock: Lock) -> None: ...
+
+    async def delete_lock(self, target: str) -> None: ...
+
+
+class NatsReviewBus:
+    """:class:`ReviewBus` over a JetStream context."""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self.js = js
+        self.locks = KeyValue(
+            name=LOCKS_BUCKET, stream=LOCKS_STREAM, pre=f"$KV.{LOCKS_BUCKET}.", js=js, direct=True
+        )
+
+    async def publish(self, subject: str, msg_id: str, payload: bytes) -> int:
+        ack = await self.js.publish(subject, payload, headers={"Nats-Msg-Id": msg_id})
+        return int(ack.seq)
+
+    async def put_lock(self, lock: Lock) -> None:
+        await self.locks.put(lock.target, lock.encode())
+
+    async def delete_lock(self, target: str) -> None:
+        await self.locks.delete(target)
+
+
+# -- documents --------------------------------------------------------------------------------
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class EventRef(_Out):
+    source: str
+    id: str
+
+
+class ReviewOut(_Out):
+    action: str
+    by: str = Field(description="The office identity: office/<name>")
+    at: datetime = Field(description="When the review was made")
+    reason: str | None
+    event: EventRef
+
+
+class ReturnOut(_Out):
+    kind: Literal["kpi", "milestone"]
+    target: str = Field(description="kpi.<kpi>.<period>.<reporter> or milestone.<p>.<m>")
+    column: str
+    proposal: str
+    reporter: str = Field(description="The authority whose return it is")
+    kpi: str | None
+    period: str | None
+    milestone: str | None
+    value: float | None = Field(description="A KPI return: the value received")
+    received_at: datetime = Field(description="When its newest version was stored")
+    event: EventRef = Field(description="Its newest applied event: what a review is of")
+    state: Literal["submitted", "approved", "verified", "returned"]
+    review: ReviewOut | None = Field(description="The review that set the state")
+
+
+class KeptAsideOut(_Out):
+    event: EventRef
+    type: str
+    target: str
+    column: str
+    proposal: str
+    received_at: datetime
+    data: dict[str, Any]
+    lock: ReviewOut | None = Field(description="The approval or verification that holds it")
+
+
+class QueueCounts(_Out):
+    waiting: int
+    returned: int
+    kept_aside: int
+
+
+class QueueOut(_Out):
+    generated_at: datetime
+    counts: QueueCounts = Field(description="How many of each, whatever the limit")
+    waiting: list[ReturnOut] = Field(description="Submitted, waiting for review, oldest first")
+    returned: list[ReturnOut] = Field(description="Returned for correction, not resubmitted")
+    kept_aside: list[KeptAsideOut] = Field(
+        description="Accepted before a lock reached the column service: stored, never applied"
+    )
+
+
+class ReviewRequest(BaseModel):
+    """One review: a KPI return (kpi, period, reporter) or a completion (proposal,
+    milestone)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: Action = Field(
+        description="approve or return a KPI return; verify or return a completion; reopen either"
+    )
+    kpi: str | None = None
+    period: str | None = None
+    reporter: str | None = None
+    proposal: str | None = None
+    milestone: str | None = None
+    reason: str | None = Field(
+        default=None, description="Required to return or reopen; the authority sees it"
+    )
+
+
+class ReviewResult(_Out):
+    state: Literal["submitted", "approved", "verified", "returned"]
+    review: ReviewOut
+    lock: str | None = Field(description="The lock now held, for people; null for none")
+    stored: bool = Field(
+        description="Whether the aggregator had stored the review when it answered"
+    )
+
+
+class CompletenessOut(_Out):
+    authority: str
+    period: str
+    expected: int = Field(description="Returns owed: on_time + late + missing + pending")
+    received: int
+    on_time: int
+    late: int
+    missing: int = Field(description="Past due, nothing received")
+    pending: int = Field(description="Not yet due, nothing received")
+    extra: int = Field(description="Received but not owed: counted apart, never in the rates")
+    completeness: float | None = Field(description="received / due (0..1); null if none due")
+    timeliness: float | None = Field(description="on_time / due (0..1); null if none due")
+
+
+class SilenceOut(_Out):
+    authority: str
+    kind: Literal["kpi", "update"]
+    obligation: str = Field(description="The KPI or the proposal the returns are of")
+    column: str
+    since: date = Field(description="Due day of the first return missing in a row")
+    periods: list[str] = Field(description="The periods missing in a row, up to the newest due")
+
+
+class ReportingOut(_Out):
+    generated_at: datetime
+    completeness: list[CompletenessOut] = Field(description="Per authority and period")
+    silent: list[SilenceOut] = Field(description="Silent reporters: newest due return missing")
+
+
+class OwedOut(_Out):
+    kind: Literal["kpi", "update"]
+    obligation: str
+    column: str
+    period: str
+    due: date = Field(description="On time if received by the end of this day (UTC)")
+    state: Literal["on_time", "late", "missing", "pending"]
+    received_at: datetime | None
+
+
+class AuthorityReportingOut(_Out):
+    authority: str
+    name: str
+    generated_at: datetime
+    next: list[OwedOut] = Field(description="Pending returns, soonest due first")
+    late: list[OwedOut] = Field(description="Received after their due day")
+    missing: list[OwedOut] = Field(description="Past due, nothing received")
+    returned: list[ReturnOut] = Field(description="Returned by the office for correction")
+    silent: list[SilenceOut]
+    completeness: list[CompletenessOut]
+
+
+# -- plain data -------------------------------------------------------------------------------
+
+
+def review_out(review: Review | None) -> dict[str, Any] | None:
+    if review is None:
+        return None
+    return {
+        "action": review.action,
+        "by": review.source,
+        "at": review.event_time,
+        "reason": review.reason,
+        "event": {"source": review.source, "id": review.event_id},
+    }
+
+
+def return_out(r: Return) -> dict[str, Any]:
+    return {
+        "kind": r.kind,
+        "target": r.target,
+        "column": r.column,
+        "proposal": r.proposal,
+        "reporter": r.reporter,
+        "kpi": r.kpi,
+        "period": r.period,
+        "milestone": r.milestone,
+        "value": r.value,
+        "received_at": r.received_at,
+        "event": {"source": r.source, "id": r.event_id},
+        "state": r.state,
+        "review": review_out(r.review),
+    }
+
+
+def kept_out(k: KeptAside) -> dict[str, Any]:
+    return {
+        "event": {"source": k.source, "id": k.event_id},
+        "type": k.type,
+        "target": k.target,
+        "column": k.column,
+        "proposal": k.proposal,
+        "received_at": k.received_at,
+        "data": k.data,
+        "lock": review_out(k.lock),
+    }
+
+
+def completeness_out(row: Completeness) -> dict[str, Any]:
+    return {
+        "authority": row.authority,
+        "period": row.period,
+        "expected": row.expected,
+        "received": row.received,
+        "on_time": row.on_time,
+        "late": row.late,
+        "missing": row.missing,
+        "pending": row.pending,
+        "extra": row.extra,
+        "completeness": row.completeness,
+        "timeliness": row.timeliness,
+    }
+
+
+def silence_out(s: Silence) -> dict[str, Any]:
+    return {
+        "authority": s.authority,
+        "kind": s.kind,
+        "obligation": s.ref,
+        "column": s.column,
+        "since": s.since,
+        "periods": list(s.periods),
+    }
+
+
+def owed_out(s: Status) -> dict[str, Any]:
+    o = s.obligation
+    return {
+        "kind": o.kind,
+        "obligation": o.ref,
+        "column": o.column,
+        "period": o.period,
+        "due": o.due,
+        "state": s.state,
+        "received_at": s.received,
+    }
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+async def read_reporting(
+    *, catalogue: Catalogue, sessions: Sessions, today: date
+) -> tuple[list[Status], list[tuple[str, str, str, str]]]:
+    """Each obligation's status at ``today`` and the returns nobody owed."""
+    owed = obligations(catalogue, today)
+    async with sessions() as session:
+        received = await returns.received_returns(session=session, catalogue=catalogue)
+    return statuses(owed, received, today), extra_returns(owed, received)
+
+
+def column_of_return(catalogue: Catalogue, kind: str, ref: str) -> str:
+    if kind == "kpi":
+        return returns.kpi_column(catalogue, ref)[0]
+    return catalogue.column_of[ref]
+
+
+def reporting_document(
+    catalogue: Catalogue,
+    found: list[Status],
+    extra: list[tuple[str, str, str, str]],
+    now: datetime,
+    *,
+    authority: str | None = None,
+    column: str | None = None,
+    period: str | None = None,
+) -> dict[str, Any]:
+    def kept(a: str, c: str, p: str) -> bool:
+        return (
+            (authority is None or a == authority)
+            and (column is None or c == column)
+            and (period is None or p == period)
+        )
+
+    mine = [
+        s for s in found if kept(s.obligation.authority, s.obligation.column, s.obligation.period)
+    ]
+    mine_extra = [k for k in extra if kept(k[2], column_of_return(catalogue, k[0], k[1]), k[3])]
+    return {
+        "generated_at": now,
+        "completeness": [completeness_out(r) for r in completeness(mine, mine_extra)],
+        "silent": [silence_out(s) for s in silent_reporters(mine)],
+    }
+
+
+# -- the router -------------------------------------------------------------------------------
+
+
+Bearer = Annotated[
+    HTTPAuthorizationCredentials | None,
+    Depends(
+        HTTPBearer(auto_error=False, description="An office token: cotn token create --office")
+    ),
+]
+
+UNAUTHORISED = problem_doc(401)
+FORBIDDEN = problem_doc(403)
+CONFLICT = problem_doc(409)
+
+
+def _unknown(field: str, value: str, known: list[str]) -> JSONResponse:
+    reason = f"unknown {field} {value!r} (known: {', '.join(known)})"
+    return problem_response(
+        422, f"invalid query parameter: {field}", [FieldProblem(field=field, reason=reason)]
+    )
+
+
+def _refuse(status: int, detail: str, field: str, reason: str) -> JSONResponse:
+    return problem_response(status, detail, [FieldProblem(field=field, reason=reason)])
+
+
+def build_office_router(
+    *,
+    catalogue: Catalogue,
+    sessions: Sessions,
+    clock: Clock,
+    tokens: TokenStore,
+    bus: Callable[[], ReviewBus | None],
+) -> APIRouter:
+    """The office's API; ``bus()`` is None while NATS is not connected."""
+    router = APIRouter(route_class=ProblemRoute)
+    authorities = [a.id for a in catalogue.authorities]
+    columns = [c.id for c in catalogue.columns]
+
+    def check_filters(authority: str | None, column: str | None) -> JSONResponse | None:
+        if authority is not None and authority not in catalogue.authority_by_id:
+            return _unknown("authority", authority, authorities)
+        if column is not None and column not in catalogue.column_by_id:
+            return _unknown("column", column, columns)
+        return None
+
+    @router.get(
+        "/v1/reporting",
+        tags=["reporting"],
+        summary="Completeness of returns by authority and period, and the silent reporters",
+        response_model=ReportingOut,
+        responses={**UNPROCESSABLE, **UNAVAILABLE},
+    )
+    async def get_reporting(
+        authority: Annotated[str | None, Query(description="Only this authority")] = None,
+        column: Annotated[str | None, Query(description="Only this column's returns")] = None,
+        period: Annotated[
+            str | None,
+            Query(
+                pattern=r"^\d{4}(-Q[1-4]|-(0[1-9]|1[0-2]))?$",
+                description="Only this period (2026, 2026-Q3 or 2026-07)",
+            ),
+        ] = None,
+    ) -> Response:
+        if (refused := check_filters(authority, column)) is not None:
+            return refused
+        now = clock()
+        found, extra = await read_reporting(
+            catalogue=catalogue, sessions=sessions, today=now.astimezone(UTC).date()
+        )
+        doc = reporting_document(
+            catalogue, found, extra, now, authority=authority, column=column, period=period
+        )
+        return JSONResponse(ReportingOut.model_validate(doc).model_dump(mode="json"))
+
+    @router.get(
+        "/v1/reporting/{authority}",
+        tags=["reporting"],
+        summary="What one authority owes next, what was late, what is missing or returned",
+        response_model=AuthorityReportingOut,
+        responses={**problem_doc(404), **UNPROCESSABLE, **UNAVAILABLE},
+    )
+    async def get_authority_reporting(authority: str) -> Response:
+        known = catalogue.authority_by_id.get(authority)
+        if known is None:
+            return problem_response(
+                404,
+                f"no authority {authority!r} in the catalogue (known: {', '.join(authorities)})",
+            )
+        now = clock()
+        found, extra = await read_reporting(
+            catalogue=catalogue, sessions=sessions, today=now.astimezone(UTC).date()
+        )
+        mine = [s for s in found if s.obligation.authority == authority]
+        async with sessions() as session:
+            reviews = await returns.all_reviews(session=session)
+            received = await returns.kpi_returns(
+                session=session,
+                catalogue=catalogue,
+                reviews=reviews,
+                where=[EVENT.c.source == authority],
+            )
+            received += await returns.completions(
+                session=session, catalogue=catalogue, reviews=reviews
+            )
+        doc = {
+            "authority": authority,
+            "name": known.name,
+            "generated_at": now,
+            "next": [
+                owed_out(s)
+                for s in sorted(mine, key=lambda s: s.obligation.due)
+                if s.state == "pending"
+            ],
+            "late": [owed_out(s) for s in mine if s.state == "late"],
+            "missing": [owed_out(s) for s in mine if s.state == "missing"],
+            "returned": [
+                return_out(r) for r in received if r.state == "returned" and r.reporter == authority
+            ],
+            "silent": [silence_out(s) for s in silent_reporters(mine)],
+            "completeness": [
+                completeness_out(r)
+                for r in completeness(mine, [k for k in extra if k[2] == authority])
+            ],
+        }
+        return JSONResponse(AuthorityReportingOut.model_validate(doc).model_dump(mode="json"))
+
+    @router.get(
+        "/v1/reviews",
+        tags=["reviews"],
+        summary="The review queue: waiting, returned for correction, and kept aside by a lock",
+        response_model=QueueOut,
+        responses={**UNPROCESSABLE, **UNAVAILABLE},
+    )
+    async def get_reviews(
+        column: Annotated[str | None, Query(description="Only this column's returns")] = None,
+        authority: Annotated[str | None, Query(description="Only this authority's")] = None,
+        kind: Annotated[
+            Literal["kpi", "milestone"] | None,
+            Query(description="Only KPI returns or only completions"),
+        ] = None,
+        limit: Annotated[
+            int, Query(ge=1, le=MAX_PAGE, description="At most this many of each list")
+        ] = 100,
+    ) -> Response:
+        if (refused := check_filters(authority, column)) is not None:
+            return refused
+        async with sessions() as session:
+            reviews = await returns.all_reviews(session=session)
+            found: list[Return] = []
+            if kind in (None, "kpi"):
+                found += await returns.kpi_returns(
+                    session=session, catalogue=catalogue, reviews=reviews
+                )
+            if kind in (None, "milestone"):
+                found += await returns.completions(
+                    session=session, catalogue=catalogue, reviews=reviews
+                )
+            aside = await returns.kept_aside(session=session, reviews=reviews)
+        found = [
+            r
+            for r in found
+            if (column is None or r.column == column)
+            and (authority is None or r.reporter == authority)
+        ]
+        found.sort(key=lambda r: r.received_at)
+        aside = [
+            k
+            for k in aside
+            if (column is None or k.column == column)
+            and (authority is None or k.source == authority)
+            and (kind is None or k.target.startswith(f"{kind}."))
+        ]
+        waiting = [r for r in found if r.state == "submitted"]
+        returned_ = [r for r in found if r.state == "returned"]
+        doc = {
+            "generated_at": clock(),
+            "counts": {
+                "waiting": len(waiting),
+                "returned": len(returned_),
+                "kept_aside": len(aside),
+            },
+            "waiting": [return_out(r) for r in waiting[:limit]],
+            "returned": [return_out(r) for r in returned_[:limit]],
+            "kept_aside": [kept_out(k) for k in aside[:limit]],
+        }
+        return JSONResponse(QueueOut.model_validate(doc).model_dump(mode="json"))
+
+    @router.post(
+        "/v1/reviews",
+        tags=["reviews"],
+        summary="Approve, verify, return or reopen a return (an office token)",
+        status_code=201,
+        response_model=ReviewResult,
+        responses={
+            200: {"description": "Already so: the same review was made before; nothing new"},
+            **UNAUTHORISED,
+            **FORBIDDEN,
+            **CONFLICT,
+            **UNPROCESSABLE,
+            **UNAVAILABLE,
+        },
+    )
+    async def post_review(request: Request, credentials: Bearer) -> Response:
+        """Review one return. Approving or verifying locks it: the column services refuse
+        later events for it (409) and an event they accepted before the lock reached them
+        is kept aside. A reopen (with a reason) unlocks it; a return (with a reason) asks
+        the authority for a correction, which is then submitted again."""
+        token = _office(tokens, credentials)
+        if isinstance(token, JSONResponse):
+            return token
+        try:
+            body = ReviewRequest.model_validate(await request.json())
+        except ValueError as exc:
+            return _body_problem(exc)
+        problems = _request_problems(body)
+        if problems:
+            return problem_response(
+                422, f"invalid review: {', '.join(p.field for p in problems)}", problems
+            )
+        event = _review_event(catalogue, body, token, clock(), reviewed=None, version=0)
+        if isinstance(event, JSONResponse):
+            return event
+        target = event.data.target
+        async with sessions() as session:
+            current = await returns.return_of(session=session, catalogue=catalogue, target=target)
+        if current is None:
+            field = "period" if body.kpi else "milestone"
+            what = (
+                f"no return of KPI {body.kpi} for {body.period} from {body.reporter} was received"
+                if body.kpi
+                else f"milestone {body.proposal}/{body.milestone} is not completed"
+            )
+            return _refuse(422, f"invalid review: {field}", field, what)
+        if token.member_of and token.member_of == current.reporter:
+            return _refuse(
+                403,
+                "an office identity may not review its own authority's return",
+                "reporter" if current.kind == "kpi" else "milestone",
+                f"{token.authority} is a member of {token.member_of}, whose return it is",
+            )
+        outcome = _transition(body.action, current)
+        if isinstance(outcome, JSONResponse):
+            return outcome
+        if outcome == "already":
+            assert current.review is not None
+            return _result(current.state, current.review, current.target, stored=True, status=200)
+        version = current.review.stream_seq if body.action == "reopen" and current.review else 0
+        event = _review_event(
+            catalogue, body, token, clock(),
+            reviewed={"source": current.source, "id": current.event_id},
+            version=version or current.stream_seq,
+        )  # fmt: skip
+        assert not isinstance(event, JSONResponse)
+        return await _publish(event, current)
+
+    async def _publish(event: ReviewEvent, current: Return) -> Response:
+        target_bus = bus()
+        if target_bus is None:
+            return problem_response(
+                503, "the event bus is not connected; retry", headers={"Retry-After": "5"}
+            )
+        column, proposal = column_of_target(catalogue, event.data)
+        try:
+            await target_bus.publish(
+                event_subject(column, proposal, REVIEW_KIND.name),
+                msg_id(event.source, event.id),
+                event.model_dump_json(exclude_none=True).encode(),
+            )
+            at = event.time.astimezone(UTC).isoformat().replace("+00:00", "Z")
+            lock = None
+            if event.data.action in ("approve", "verify"):
+                lock = Lock(event.data.target, event.data.action, event.source, at, event.id)
+                await target_bus.put_lock(lock)
+            elif current.state in ("approved", "verified"):
+                await target_bus.delete_lock(event.data.target)
+        except Exception as exc:  # the bus refused or timed out: the same request is safe again
+            log.warning("review %s could not be published: %r", event.id, exc)
+            return problem_response(
+                503,
+                f"the event bus did not take the review ({type(exc).__name__}); retry the same "
+                "request: it is stored once",
+                headers={"Retry-After": "5"},
+            )
+        stored = await _stored(event)
+        review = Review(
+            target=event.data.target, action=event.data.action, stream_seq=0,
+            source=event.source, event_id=event.id, event_time=event.time,
+            reason=event.data.reason,
+        )  # fmt: skip
+        state = {"approve": "approved", "verify": "verified", "return": "returned"}.get(
+            event.data.action, "submitted"
+        )
+        return _result(state, review, event.data.target, stored=stored, status=201, lock=lock)
+
+    async def _stored(event: ReviewEvent) -> bool:
+        """Wait (a few seconds at most) until the consumer has stored the review, so the
+        queue read next shows it."""
+        deadline = asyncio.get_running_loop().time() + STORED_WAIT_SECONDS
+        while True:
+            async with sessions() as session:
+                found = await execute(
+                    session,
+                    sa.select(EVENT.c.stream_seq).where(
+                        EVENT.c.source == event.source, EVENT.c.event_id == event.id
+                    ),
+                )
+                if found.first() is not None:
+                    return True
+            if asyncio.get_running_loop().time() > deadline:
+                return False
+            await asyncio.sleep(0.02)
+
+    return router
+
+
+def _office(
+    tokens: TokenStore, credentials: HTTPAuthorizationCredentials | None
+) -> TokenRecord | JSONResponse:
+    if credentials is None:
+        return problem_response(
+            401,
+            "send an office token as Authorization: Bearer <token> (cotn token create --office)",
+            headers={"WWW-Authenticate": 'Bearer realm="cotn"'},
+        )
+    record = tokens.record_of(credentials.credentials)
+    if record is None:
+        return problem_response(
+            401,
+            "the token is unknown or revoked",
+            headers={"WWW-Authenticate": 'Bearer realm="cotn", error="invalid_token"'},
+        )
+    if not record.is_office:
+        return _refuse(
+            403,
+            "reviews are made by the programme office; this is an authority's token",
+            "Authorization",
+            f"token {record.token_id} belongs to the authority {record.authority}",
+        )
+    return record
+
+
+def _body_problem(exc: ValueError) -> JSONResponse:
+    if isinstance(exc, ValidationError):
+        errors = [
+            FieldProblem(
+                field=".".join(str(p) for p in err["loc"]) or "(body)",
+                reason=str(err["msg"]).removeprefix("Value error, "),
+            )
+            for err in exc.errors()
+        ]
+    else:
+        errors = [FieldProblem(field="(body)", reason="is not a JSON object")]
+    return problem_response(422, f"invalid review: {', '.join(e.field for e in errors)}", errors)
+
+
+def _request_problems(body: ReviewRequest) -> list[FieldProblem]:
+    """What a review request misses, each named: one return, and a reason where one is due."""
+    problems = []
+    kpi = {"kpi": body.kpi, "period": body.period, "reporter": body.reporter}
+    completion = {"proposal": body.proposal, "milestone": body.milestone}
+    if any(kpi.values()) and any(completion.values()):
+        problems.append(
+            FieldProblem(
+                field="(body)",
+                reason="names a KPI return (kpi, period, reporter) or a completion (proposal, "
+                "milestone), not both",
+            )
+        )
+    elif any(kpi.values()) or not any(completion.values()):
+        problems += [
+            FieldProblem(field=name, reason="is required to review a KPI return")
+            for name, value in kpi.items()
+            if not value
+        ]
+        if body.action == "verify":
+            problems.append(
+                FieldProblem(field="action", reason="a KPI return is approved, not verified")
+            )
+    else:
+        problems += [
+            FieldProblem(field=name, reason="is required to review a completion")
+            for name, value in completion.items()
+            if not value
+        ]
+        if body.action == "approve":
+            problems.append(
+                FieldProblem(field="action", reason="a completion is verified, not approved")
+            )
+    if body.action in ("return", "reopen") and not (body.reason and body.reason.strip()):
+        problems.append(
+            FieldProblem(
+                field="reason", reason=f"is required to {body.action}: the authority sees it"
+            )
+        )
+    return problems
+
+
+def _review_event(
+    catalogue: Catalogue,
+    body: ReviewRequest,
+    token: TokenRecord,
+    now: datetime,
+    *,
+    reviewed: dict[str, str] | None,
+    version: int,
+) -> ReviewEvent | JSONResponse:
+    """The review event of a request, checked as a column service checks an event: each
+    problem named by the request's field."""
+    data = {k: v for k, v in body.model_dump().items() if v is not None}
+    target = (
+        kpi_target(str(body.kpi), str(body.period), str(body.reporter))
+        if body.kpi
+        else milestone_target(str(body.proposal), str(body.milestone))
+    )
+    try:
+        event = ReviewEvent.model_validate(
+            {
+                "specversion": "1.0",
+                "id": f"{body.action}.{target}.{version}",
+                "source": token.authority,
+                "type": REVIEW_KIND.type,
+                "time": now.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+                "datacontenttype": "application/json",
+                "data": {**data, **({"reviewed": reviewed} if reviewed else {})},
+            }
+        )
+    except ValidationError as exc:
+        errors = [
+            FieldProblem(
+                field=".".join(str(p) for p in err["loc"] if p != "data") or "(body)",
+                reason=str(err["msg"]).removeprefix("Value error, "),
+            )
+            for err in exc.errors()
+        ]
+        return problem_response(
+            422, f"invalid review: {', '.join(e.field for e in errors)}", errors
+        )
+    try:
+        column = column_of_target(catalogue, event.data)[0]
+    except KeyError:
+        column = ""
+    found = REVIEW_KIND.check(event, catalogue=catalogue, column=column, authority=token.authority)
+    found = [p for p in found if p.code != "bad_subject"]
+    if found:
+        errors = [FieldProblem(field=p.field.removeprefix("data."), reason=p.reason) for p in found]
+        return problem_response(
+            422, f"invalid review: {', '.join(e.field for e in errors)}", errors
+        )
+    return event
+
+
+Transition = Literal["new", "already"]
+
+
+def _transition(action: Action, current: Return) -> Transition | JSONResponse:
+    """Whether ``action`` may be made on a return in its state: new, already so, or 409."""
+    state = current.state
+    field = "period" if current.kind == "kpi" else "milestone"
+    if action in ("approve", "verify"):
+        return "already" if state in ("approved", "verified") else "new"
+    if action == "return":
+        if state == "returned":
+            return "already"
+        if state in ("approved", "verified"):
+            return _refuse(
+                409,
+                f"{current.target} is {state}: reopen it before returning it",
+                field,
+                f"is {state} by {current.review.source if current.review else 'the office'}",
+            )
+        return "new"
+    if state == "submitted":
+        return _refuse(
+            409,
+            f"{current.target} is submitted, not approved, verified or returned: nothing to reopen",
+            field,
+            "is not approved, verified or returned",
+        )
+    return "new"
+
+
+def _result(
+    state: str,
+    review: Review,
+    target: str,
+    *,
+    stored: bool,
+    status: int,
+    lock: Lock | None = None,
+) -> JSONResponse:
+    if lock is None and state in ("approved", "verified"):
+        at = review.event_time.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        lock = Lock(target, review.action, review.source, at, review.event_id)
+    body = ReviewResult.model_validate(
+        {
+            "state": state,
+            "review": review_out(review),
+            "lock": lock.describe() if lock else None,
+            "stored": stored,
+        }
+    )
+    return JSONResponse(body.model_dump(mode="json"), status_code=status)

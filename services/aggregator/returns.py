@@ -1,0 +1,268 @@
+"""The office's side of the store: the returns received, their reviews, what locks kept aside.
+
+Read with Core selects like :mod:`.queries`. A KPI return is one reporter's events of one
+KPI for one period (a target ``kpi.<kpi>.<period>.<reporter>``), a completion is a
+milestone whose newest state is ``completed`` (``milestone.<proposal>.<milestone>``); where
+each stands is :func:`shared.reviews.review_state` of its newest applied event against its
+reviews in stream order. Events a lock kept aside (``held``) are never a return.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from services.aggregator.storage.log import (
+    EVENT,
+    execute,
+    review_of_row,
+    reviews_of,
+    tuples,
+)
+from shared.catalogue import Catalogue
+from shared.kinds.kpi import TYPE as KPI_TYPE
+from shared.kinds.milestone import MILESTONE_STATE
+from shared.kinds.milestone import TYPE as MILESTONE_TYPE
+from shared.kinds.update import TYPE as UPDATE_TYPE
+from shared.reporting import ReturnKey, update_period
+from shared.reviews import (
+    Review,
+    ReviewState,
+    lock_of,
+    milestone_target,
+    parse_target,
+    review_state,
+)
+
+ReturnKind = Literal["kpi", "milestone"]
+
+
+def _aware_min(column: sa.ColumnElement[datetime]) -> sa.ColumnElement[datetime]:
+    # min() of a timestamp is text on SQLite: coerce it back through the column's own type.
+    return sa.type_coerce(sa.func.min(column), EVENT.c.received_at.type)
+
+
+async def received_returns(
+    *, session: AsyncSession, catalogue: Catalogue
+) -> dict[ReturnKey, datetime]:
+    """When the first return of each (kind, ref, authority, period) was stored: KPI
+    returns by their period, progress updates (milestone and update events) by the update
+    period their own period lies in."""
+    e = EVENT.c
+    applied = e.held.is_(None)
+    kpi_rows = await execute(
+        session,
+        sa.select(e.kpi, e.source, e.period, _aware_min(e.received_at))
+        .where(e.type == KPI_TYPE, applied)
+        .group_by(e.kpi, e.source, e.period),
+    )
+    received: dict[ReturnKey, datetime] = {
+        ("kpi", kpi, source, period): at for kpi, source, period, at in tuples(kpi_rows)
+    }
+    progress = await execute(
+        session,
+        sa.select(e.proposal, e.source, e.period, _aware_min(e.received_at))
+        .where(e.type.in_((MILESTONE_TYPE, UPDATE_TYPE)), applied, e.period.is_not(None))
+        .group_by(e.proposal, e.source, e.period),
+    )
+    for proposal, source, period, at in tuples(progress):
+        if proposal not in catalogue.proposal_by_id:
+            continue
+        owed = update_period(catalogue, proposal, period)
+        if owed is None:
+            continue
+        key: ReturnKey = ("update", proposal, source, owed)
+        if key not in received or at < received[key]:
+            received[key] = at
+    return received
+
+
+@dataclass(frozen=True, slots=True)
+class Return:
+    """A return the office may review, as it stands."""
+
+    kind: ReturnKind
+    target: str
+    column: str
+    proposal: str
+    """The proposal a completion is of; a KPI return's: the first its KPI evidences."""
+    reporter: str
+    source: str
+    event_id: str
+    stream_seq: int
+    """Of its newest applied event: the version a review is of."""
+    received_at: datetime
+    state: ReviewState
+    review: Review | None
+    """The review that set ``state`` (None: submitted, never reviewed)."""
+    kpi: str | None = None
+    period: str | None = None
+    milestone: str | None = None
+    value: float | None = None
+
+
+async def all_reviews(
+    *, session: AsyncSession, where: Iterable[sa.ColumnElement[bool]] = ()
+) -> dict[str, list[Review]]:
+    """Each target's stored reviews, in stream order."""
+    reviews: dict[str, list[Review]] = defaultdict(list)
+    for row in await execute(session, reviews_of(*where)):
+        reviews[row.target].append(review_of_row(row))
+    return dict(reviews)
+
+
+def kpi_column(catalogue: Catalogue, kpi: str) -> tuple[str, str]:
+    """The (column, proposal) a KPI's returns and their reviews are filed under."""
+    proposal = catalogue.kpi_by_id[kpi].evidences[0]
+    return catalogue.column_of[proposal], proposal
+
+
+async def kpi_returns(
+    *,
+    session: AsyncSession,
+    catalogue: Catalogue,
+    reviews: dict[str, list[Review]],
+    where: Iterable[sa.ColumnElement[bool]] = (),
+) -> list[Return]:
+    """Every KPI return received: its newest applied event and where it stands."""
+    e = EVENT.c
+    newest = (
+        sa.select(e.target, sa.func.max(e.stream_seq).label("seq"))
+        .where(e.type == KPI_TYPE, e.held.is_(None), *where)
+        .group_by(e.target)
+        .subquery()
+    )
+    rows = await execute(
+        session,
+        sa.select(
+            e.target, e.kpi, e.period, e.source, e.event_id, e.stream_seq, e.received_at,
+            e.data["value"].as_float(),
+        )
+        .join(newest, sa.and_(e.target == newest.c.target, e.stream_seq == newest.c.seq))
+        .order_by(e.received_at, e.stream_seq),
+    )  # fmt: skip
+    out = []
+    for target, kpi, period, source, event_id, seq, received_at, value in tuples(rows):
+        if kpi not in catalogue.kpi_by_id:
+            continue
+        state, review = review_state(seq, reviews.get(target, []))
+        assert state is not None  # a return was received
+        column, proposal = kpi_column(catalogue, kpi)
+        out.append(
+            Return(
+                kind="kpi", target=target, column=column, proposal=proposal, reporter=source,
+                source=source, event_id=event_id, stream_seq=seq, received_at=received_at,
+                state=state, review=review, kpi=kpi, period=period, value=value,
+            )
+        )  # fmt: skip
+    return out
+
+
+async def completions(
+    *,
+    session: AsyncSession,
+    catalogue: Catalogue,
+    reviews: dict[str, list[Review]],
+    only: tuple[str, str] | None = None,
+) -> list[Return]:
+    """Every milestone whose newest state is ``completed`` (or ``only`` that (proposal,
+    milestone)), and where its review stands."""
+    m = MILESTONE_STATE.c
+    e = EVENT.c
+    where = [m.proposal == only[0], m.milestone == only[1]] if only else []
+    rows = await execute(
+        session,
+        sa.select(m.proposal, m.milestone, m.source, m.event_id, m.stream_seq, e.received_at)
+        .join(EVENT, sa.and_(e.source == m.source, e.event_id == m.event_id))
+        .where(m.status == "completed", *where)
+        .order_by(e.received_at, m.stream_seq),
+    )
+    out = []
+    for proposal, milestone, source, event_id, seq, received_at in tuples(rows):
+        if proposal not in catalogue.proposal_by_id:
+            continue
+        target = milestone_target(proposal, milestone)
+        state, review = review_state(seq, reviews.get(target, []))
+        assert state is not None
+        out.append(
+            Return(
+                kind="milestone", target=target, column=catalogue.column_of[proposal],
+                proposal=proposal, reporter=source, source=source, event_id=event_id,
+                stream_seq=seq, received_at=received_at, state=state, review=review,
+                milestone=milestone,
+            )
+        )  # fmt: skip
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class KeptAside:
+    """An event accepted before its return's lock reached the column service."""
+
+    source: str
+    event_id: str
+    type: str
+    target: str
+    column: str
+    proposal: str
+    received_at: datetime
+    data: dict[str, Any]
+    lock: Review | None
+    """The approval or verification that holds it."""
+
+
+async def kept_aside(*, session: AsyncSession, reviews: dict[str, list[Review]]) -> list[KeptAside]:
+    """Every event a lock kept aside, oldest first."""
+    e = EVENT.c
+    rows = await execute(
+        session,
+        sa.select(
+            e.source, e.event_id, e.type, e.target, e.column, e.proposal, e.received_at, e.data,
+            e.held,
+        )
+        .where(e.held.is_not(None))
+        .order_by(e.stream_seq),
+    )  # fmt: skip
+    out = []
+    for source, event_id, type_, target, column, proposal, received_at, data, held in tuples(rows):
+        lock = next((r for r in reviews.get(target, []) if r.stream_seq == held), None)
+        out.append(
+            KeptAside(source, event_id, type_, target, column, proposal, received_at, data, lock)
+        )
+    return out
+
+
+async def return_of(
+    *,
+    session: AsyncSession,
+    catalogue: Catalogue,
+    target: str,
+) -> Return | None:
+    """One return as it stands, or None when nothing applied was received for it."""
+    reviews = await all_reviews(session=session, where=[EVENT.c.target == target])
+    parsed = parse_target(target)
+    if parsed.kind == "kpi":
+        found = await kpi_returns(
+            session=session, catalogue=catalogue, reviews=reviews, where=[EVENT.c.target == target]
+        )
+    else:
+        proposal, milestone = parsed.parts
+        found = await completions(
+            session=session, catalogue=catalogue, reviews=reviews, only=(proposal, milestone)
+        )
+    return found[0] if found else None
+
+
+def approved_targets(reviews: dict[str, list[Review]]) -> frozenset[str]:
+    """The KPI returns approved now: locked by an approval (a reopen unlocks)."""
+    return frozenset(
+        target
+        for target, of_target in reviews.items()
+        if target.startswith("kpi.") and (lock := lock_of(of_target)) and lock.action == "approve"
+    )
