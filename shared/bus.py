@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
+
+from shared.reviews import LOCKS_STREAM, LOCKS_SUBJECTS
 
 EVENTS_STREAM = "COTN_EVENTS"
 EVENTS_SUBJECTS = "cotn.events.>"
@@ -75,6 +77,8 @@ class StreamSettings:
     max_age_seconds: float = 30 * 86400
     # A claim takes about 300 bytes on disk: 512 MiB hold some 1.7 million events' ids.
     claims_max_bytes: int = 512 * 1024**2
+    # A lock takes a few hundred bytes: 64 MiB hold far more returns than the programme has.
+    locks_max_bytes: int = 64 * 1024**2
 
 
 def events_stream_config(settings: StreamSettings) -> StreamConfig:
@@ -113,8 +117,29 @@ def side_stream_configs(settings: StreamSettings) -> list[StreamConfig]:
     ]
 
 
+def bucket_stream_config(
+    settings: StreamSettings, name: str, subjects: str, description: str, **limits: Any
+) -> StreamConfig:
+    """The stream behind a key-value bucket, as nats-py's ``create_key_value`` makes one: one
+    value per key, direct gets, rollups, no age limit; ``limits`` are the bucket's own."""
+    return StreamConfig(
+        name=name,
+        description=description,
+        subjects=[subjects],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.NEW,
+        max_msgs_per_subject=1,
+        num_replicas=settings.replicas,
+        duplicate_window=settings.duplicate_window_seconds,
+        allow_direct=True,
+        allow_rollup_hdrs=True,
+        **limits,
+    )
+
+
 def claims_bucket_config(settings: StreamSettings) -> StreamConfig:
-    """The stream behind the claims bucket, as nats-py's ``create_key_value`` makes one.
+    """The stream behind the claims bucket.
 
     One value per key (``max_msgs_per_subject=1``) and no age limit: a column service
     answers 409 to a changed resend of an id for as long as the programme runs, long after
@@ -122,31 +147,42 @@ def claims_bucket_config(settings: StreamSettings) -> StreamConfig:
     streams (and within nats-server's ``max_file_store``): when full it refuses new claims,
     and so new events, with 503s rather than forget old ones.
     """
-    return StreamConfig(
-        name=CLAIMS_STREAM,
-        description="Each accepted (source, id) with its content digest: changed resends are 409s",
-        subjects=[CLAIMS_SUBJECTS],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        discard=DiscardPolicy.NEW,
-        max_msgs_per_subject=1,
+    return bucket_stream_config(
+        settings,
+        CLAIMS_STREAM,
+        CLAIMS_SUBJECTS,
+        "Each accepted (source, id) with its content digest: changed resends are 409s",
         max_msg_size=1024,
         max_bytes=settings.claims_max_bytes,
-        num_replicas=settings.replicas,
-        duplicate_window=settings.duplicate_window_seconds,
-        allow_direct=True,
-        allow_rollup_hdrs=True,
         deny_delete=True,
         # A request's claims are one atomic batch (nats-server 2.12+): one synced write.
         allow_atomic=True,
     )
 
 
+def locks_bucket_config(settings: StreamSettings) -> StreamConfig:
+    """The stream behind the locks bucket (:data:`shared.reviews.LOCKS_BUCKET`).
+
+    One value per key, the lock now: the column services watch the latest of each key, and
+    the history of reviews is the events stream's. Deletes are allowed, unlike the claims
+    bucket's, because a reopen deletes its key. No age limit: a lock holds until reopened.
+    """
+    return bucket_stream_config(
+        settings,
+        LOCKS_STREAM,
+        LOCKS_SUBJECTS,
+        "Locked returns (approved KPI returns, verified completions), by target",
+        max_msg_size=4096,
+        max_bytes=settings.locks_max_bytes,
+        deny_delete=False,
+    )
+
+
 async def ensure_streams(js: JetStreamContext, settings: StreamSettings) -> None:
-    """Create the project's streams and the claims bucket, or bring their configuration up
-    to date."""
+    """Create the project's streams and the claims and locks buckets, or bring their
+    configuration up to date."""
     configs = [events_stream_config(settings), *side_stream_configs(settings)]
-    for config in [*configs, claims_bucket_config(settings)]:
+    for config in [*configs, claims_bucket_config(settings), locks_bucket_config(settings)]:
         assert config.name is not None
         try:
             await js.stream_info(config.name)

@@ -195,8 +195,11 @@ _COMPOSE_AGGREGATOR = """\
       COTN_AGGREGATOR_NATS_URL: nats://{user}:{password}@nats:4222
       COTN_AGGREGATOR_MANAGE_STREAMS: "false"
       COTN_AGGREGATOR_MIGRATE_ON_START: "false"
+      # Office tokens (cotn token create --office) are checked here: reviews enter here.
+      COTN_AGGREGATOR_DATA_DIR: /data
     volumes:
       - *catalogue
+      - tokens:/data:ro
     ports:
       - "{port}:{port}"
     depends_on:
@@ -694,13 +697,14 @@ route:
       matchers: ['alertname="KpiOffTrajectory"']
       group_by: [alertname, kpi]
       continue: true
-    # One receiver per delivery column; a proposal's alerts arrive in one notification.
+    # One receiver per delivery column; a proposal's alerts arrive in one notification, and
+    # an authority's (its silent returns, its refused requests) in another: the one to call.
 """
 
 _ALERTMANAGER_ROUTE = """\
     - receiver: {receiver}
       matchers: ['column="{column}"']
-      group_by: [column, proposal]
+      group_by: [column, proposal, authority]
 """
 
 _ALERTMANAGER_MIDDLE = """\
@@ -714,10 +718,10 @@ inhibit_rules:
   # trusted (they repeat the last read), and the outage is the one thing to act on.
   - source_matchers: ['alertname=~"ServiceDown|AggregatorDatabaseDown|AggregatorBusUnreachable"', 'service="aggregator"']
     target_matchers: ['alertname!~"ServiceDown|AggregatorDatabaseDown|AggregatorBusUnreachable"', 'service="aggregator"']
-  # A column service down: its authorities cannot report, so its proposals' stalls and its
-  # refusal counts are symptoms of the outage, not of the authorities.
+  # A column service down: its authorities cannot report, so its proposals' stalls, its
+  # silent reporters and its refusal counts are symptoms of the outage, not of the authorities.
   - source_matchers: ['alertname="ServiceDown"', 'service="ingest"']
-    target_matchers: ['alertname=~"ProposalStalled|AuthorityEventsRejected"']
+    target_matchers: ['alertname=~"ProposalStalled|ReporterSilent|AuthorityEventsRejected"']
     equal: [column]
 
 receivers:

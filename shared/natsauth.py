@@ -8,9 +8,12 @@ real nats-server (``tests/security/test_nats_permissions.py``):
 
 - a column service publishes its own column's events (``cotn.events.<column>.>``) and asks
   for the events stream's info (its readiness probe); a JetStream publish acknowledgement
-  comes back on its own inbox;
-- the aggregator reads its durable consumer (info, next batch, acks and naks) and publishes
-  status events and dead letters;
+  comes back on its own inbox; it watches the locks bucket read-only (an ordered consumer
+  it creates, delivering into its own inbox, whose flow control it answers) and may not
+  put a lock;
+- the aggregator reads its durable consumer (info, next batch, acks and naks), publishes
+  status events, dead letters and the office's reviews (``cotn.events.*.*.review``, no
+  other kind), and puts and deletes locks;
 - streams and the consumer are created by a separate administrator (``cotn nats setup``),
   so no service can change or purge a stream.
 
@@ -40,7 +43,10 @@ from shared.bus import (
     DLQ_SUBJECTS,
     EVENTS_STREAM,
     STATUS_SUBJECTS,
+    event_subject,
 )
+from shared.kinds.review import KIND as REVIEW_KIND
+from shared.reviews import LOCKS_STREAM, LOCKS_SUBJECTS
 
 ADMIN_USER = "cotn-admin"
 AGGREGATOR_USER = "cotn-aggregator"
@@ -143,23 +149,44 @@ def admin_permissions() -> Permissions:
     return Permissions(publish=("$JS.API.>",), subscribe=(f"{inbox_prefix(ADMIN_USER)}.>",))
 
 
+def bucket_reads(stream: str, subjects: str) -> tuple[str, ...]:
+    """A key-value bucket's info and its direct gets (how nats-py opens and reads one)."""
+    return (f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.DIRECT.GET.{stream}.{subjects}")
+
+
+def bucket_watch(stream: str, subjects: str) -> tuple[str, ...]:
+    """Watching a bucket: nats-py's ordered consumer, created unnamed (the subject nats-py
+    uses) or named with its filter (nats-server 2.10+ clients), its info, and the answers
+    to its flow control. Deliveries come to the watcher's own inbox."""
+    return (
+        f"$JS.API.CONSUMER.CREATE.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.*.{subjects}",
+        f"$JS.API.CONSUMER.INFO.{stream}.*",
+        f"$JS.FC.{stream}.>",
+    )
+
+
 def ingest_permissions(column: str) -> Permissions:
-    """A column service: its own column's events, the events stream's info, and the claims
-    bucket (claim, read and withdraw a claim; see services/ingest/claims.py)."""
+    """A column service: its own column's events, the events stream's info, the claims
+    bucket (claim, read and withdraw a claim; see services/ingest/claims.py) and a watch of
+    the locks bucket (services/ingest/locks.py), which it may not write."""
     return Permissions(
         publish=(
             f"cotn.events.{column}.>",
             f"$JS.API.STREAM.INFO.{EVENTS_STREAM}",
             CLAIMS_SUBJECTS,
-            f"$JS.API.STREAM.INFO.{CLAIMS_STREAM}",
-            f"$JS.API.DIRECT.GET.{CLAIMS_STREAM}.{CLAIMS_SUBJECTS}",
+            *bucket_reads(CLAIMS_STREAM, CLAIMS_SUBJECTS),
+            f"$JS.API.STREAM.INFO.{LOCKS_STREAM}",
+            *bucket_watch(LOCKS_STREAM, LOCKS_SUBJECTS),
         ),
         subscribe=(f"{inbox_prefix(ingest_user(column))}.>",),
     )
 
 
 def aggregator_permissions() -> Permissions:
-    """The aggregator: its durable consumer, status events and dead letters."""
+    """The aggregator: its durable consumer, status events and dead letters, the office's
+    reviews (events of the review kind only, acknowledged on its inbox) and the locks they
+    set or lift (put, delete, read)."""
     consumer = f"{EVENTS_STREAM}.{AGGREGATOR_DURABLE}"
     return Permissions(
         publish=(
@@ -168,6 +195,9 @@ def aggregator_permissions() -> Permissions:
             f"$JS.ACK.{consumer}.>",
             STATUS_SUBJECTS,
             DLQ_SUBJECTS,
+            event_subject("*", "*", REVIEW_KIND.name),
+            LOCKS_SUBJECTS,
+            *bucket_reads(LOCKS_STREAM, LOCKS_SUBJECTS),
         ),
         subscribe=(f"{inbox_prefix(AGGREGATOR_USER)}.>",),
     )

@@ -1,4 +1,5 @@
-"""Bearer tokens for authority systems: random, shown once, kept only as SHA-256 hashes.
+"""Bearer tokens for authority systems and the programme office: random, shown once, kept
+only as SHA-256 hashes.
 
 The store is one JSON file (``<data dir>/tokens.json``) written atomically by the CLI.
 Services re-read it when it changes, so a new token works and a revoked one fails at once.
@@ -9,6 +10,11 @@ When a token was last used is kept apart, in ``<data dir>/tokens-last-used.json`
 service notes uses in memory and merges them into that file at most every N seconds
 (:class:`TokenUsage`), so a request never writes the token file and the CLI, which owns it,
 never races a service.
+
+A token has a **role**: an authority's system sends events to the column services; an office
+identity (``office/<name>``) reviews returns through the aggregator and sends no events. An
+office person who also works for an authority is ``member_of`` it, so they do not review
+that authority's returns.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 import tempfile
 import time
@@ -25,10 +32,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
+
+from shared.reviews import office_source
 
 TOKEN_PREFIX = "cotn_"
 TOKENS_FILE = "tokens.json"
 LAST_USED_FILE = "tokens-last-used.json"
+
+Role = Literal["authority", "office"]
+AUTHORITY_ROLE: Role = "authority"
+OFFICE_ROLE: Role = "office"
+OFFICE_NAME = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+"""An office identity's name: a lowercase slug, as it becomes ``office/<name>`` in events."""
 
 
 def hash_token(token: str) -> str:
@@ -42,6 +58,24 @@ class TokenRecord:
     sha256: str
     created_at: str
     revoked_at: str | None = None
+    # Token files written before roles existed have neither field: they are authorities'.
+    role: Role = AUTHORITY_ROLE
+    member_of: str | None = None
+    """The authority an office identity also belongs to (it does not review its returns)."""
+
+    @property
+    def is_office(self) -> bool:
+        """Whether the token is an office identity's: it reviews, it sends no events."""
+        return self.role == OFFICE_ROLE
+
+
+def check_office_name(name: str) -> None:
+    """Raise ValueError unless ``name`` can name an office identity (a lowercase slug)."""
+    if not OFFICE_NAME.fullmatch(name):
+        raise ValueError(
+            f"office name {name!r} must be a lowercase slug: letters a-z, digits and single "
+            "hyphens between them, e.g. jane-doe"
+        )
 
 
 class TokenStore:
@@ -96,12 +130,23 @@ class TokenStore:
 
     def create(self, authority: str) -> tuple[str, TokenRecord]:
         """Make a token for ``authority``; the plain token is returned once and never stored."""
+        return self._issue(authority, AUTHORITY_ROLE, None)
+
+    def create_office(self, name: str, *, member_of: str | None = None) -> tuple[str, TokenRecord]:
+        """Make a token for the office identity ``office/<name>``, returned once like
+        :meth:`create`; ValueError for a name that is not a lowercase slug."""
+        check_office_name(name)
+        return self._issue(office_source(name), OFFICE_ROLE, member_of)
+
+    def _issue(self, authority: str, role: Role, member_of: str | None) -> tuple[str, TokenRecord]:
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         record = TokenRecord(
             token_id=secrets.token_hex(4),
             authority=authority,
             sha256=hash_token(token),
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            role=role,
+            member_of=member_of,
         )
         self._write([*self._records(), record])
         return token, record

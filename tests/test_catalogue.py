@@ -456,10 +456,7 @@ BROKEN: list[tuple[str, Callable[[Raw], object], list[str]]] = [
     (
         "unknown reporting frequency",
         lambda r: _kpi(r, "exports")["returns"].update(frequency="weekly"),
-        [
-            "kpis[exports].returns.frequency: Input should be 'monthly', 'quarterly' or "
-            "'annual'"
-        ],
+        ["kpis[exports].returns.frequency: Input should be 'monthly', 'quarterly' or 'annual'"],
     ),
     (
         "negative due delay",

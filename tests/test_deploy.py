@@ -243,12 +243,18 @@ def test_the_new_column_has_a_nats_user_that_publishes_only_its_events(
     publish, subscribe = (yaml.safe_load(group) for group in user.groups())
     events = [subject for subject in publish if subject.startswith("cotn.")]
     assert events == ["cotn.events.skills.>"]
-    # Beside its events, the readiness probe's stream info and the claims bucket only.
+    # Beside its events, the readiness probe's stream info, the claims bucket and a watch of
+    # the locks bucket (no put) only.
     assert publish == list(ingest_permissions(NEW_COLUMN).publish)
     assert [s for s in publish if not s.startswith(("cotn.", "$KV.COTN_EVENT_IDS."))] == [
         "$JS.API.STREAM.INFO.COTN_EVENTS",
         "$JS.API.STREAM.INFO.KV_COTN_EVENT_IDS",
         "$JS.API.DIRECT.GET.KV_COTN_EVENT_IDS.$KV.COTN_EVENT_IDS.>",
+        "$JS.API.STREAM.INFO.KV_COTN_LOCKS",
+        "$JS.API.CONSUMER.CREATE.KV_COTN_LOCKS",
+        "$JS.API.CONSUMER.CREATE.KV_COTN_LOCKS.*.$KV.COTN_LOCKS.>",
+        "$JS.API.CONSUMER.INFO.KV_COTN_LOCKS.*",
+        "$JS.FC.KV_COTN_LOCKS.>",
     ]
     assert subscribe == ["_INBOX_cotn-ingest-skills.>"]
     # nats-server accepts the file, each password from its variable.

@@ -13,7 +13,7 @@ from pathlib import Path
 from grafana_foundation_sdk.builders.dashboard import Dashboard
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 
-from dashboards.builders import column, kpis, operations, overview
+from dashboards.builders import column, kpis, operations, overview, reporting
 
 JSON_DIR = Path(__file__).resolve().parent.parent / "json"
 """Where the generated dashboards are committed and provisioned from."""
@@ -23,6 +23,7 @@ BUILDERS: dict[str, Callable[[], Dashboard]] = {
     column.UID: column.build,
     kpis.UID: kpis.build,
     operations.UID: operations.build,
+    reporting.UID: reporting.build,
 }
 """Dashboard uid -> its builder; the uid is also the file name."""
 

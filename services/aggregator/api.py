@@ -32,12 +32,13 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from services.aggregator import queries
+from services.aggregator import queries, returns
 from services.aggregator.board import (
     LIVE,
     ChangesOut,
     KpiListOut,
     KpiSeriesOut,
+    Locks,
     ProgrammeOut,
     ProposalDetailOut,
     ProposalHistoryOut,
@@ -266,9 +267,17 @@ async def read_health(
     """Load the stored state in one session and rate it at the clock's ``now``; for an
     ``as_at`` or ``known_at`` view, the state the log gives for it, rated at that instant
     (``as_at`` if given, else ``known_at``) with the same function."""
+    return (await read_board(catalogue=catalogue, sessions=sessions, clock=clock, view=view))[0]
+
+
+async def read_board(
+    *, catalogue: Catalogue, sessions: Sessions, clock: Clock, view: View = LIVE
+) -> tuple[ProgrammeHealth, Locks]:
+    """:func:`read_health` and the locks of the same view, read in one session."""
     async with sessions() as session:
         state = await queries.load_state(session=session, as_at=view.as_at, known_at=view.known_at)
-    return programme_health(catalogue, state, rated_at(view, clock))
+        locks = await returns.locks(session=session, as_at=view.as_at, known_at=view.known_at)
+    return programme_health(catalogue, state, rated_at(view, clock)), locks
 
 
 def rated_at(view: View, clock: Clock) -> datetime:
@@ -326,6 +335,9 @@ def build_read_router(
     async def snapshot(view: View = LIVE) -> ProgrammeHealth:
         return await read_health(catalogue=catalogue, sessions=sessions, clock=clock, view=view)
 
+    async def board(view: View = LIVE) -> tuple[ProgrammeHealth, Locks]:
+        return await read_board(catalogue=catalogue, sessions=sessions, clock=clock, view=view)
+
     @router.get(
         "/v1/programme",
         tags=["board"],
@@ -340,7 +352,8 @@ def build_read_router(
         # Serialised straight from the board's plain data: at thousands of milestones a
         # model per milestone would cost more than rating the programme (see board.py).
         with queries.collector_paused():
-            body = to_json(programme_document(catalogue, await snapshot(view), view))
+            health, locks = await board(view)
+            body = to_json(programme_document(catalogue, health, view, locks))
         return Response(body, media_type="application/json")
 
     @router.get(
@@ -358,7 +371,8 @@ def build_read_router(
         view = view_of(as_at, known_at, clock)
         if isinstance(view, JSONResponse):
             return view
-        detail = proposal_detail(catalogue, await snapshot(view), proposal_id, view)
+        health, locks = await board(view)
+        detail = proposal_detail(catalogue, health, proposal_id, view, locks)
         assert detail is not None  # the id was checked against the same catalogue
         return detail
 
@@ -444,7 +458,8 @@ def build_read_router(
         view = view_of(as_at, known_at, clock)
         if isinstance(view, JSONResponse):
             return view
-        return kpi_list(catalogue, await snapshot(view), view)
+        health, locks = await board(view)
+        return kpi_list(catalogue, health, view, locks)
 
     @router.get(
         "/v1/kpis/{kpi_id}",
@@ -470,13 +485,14 @@ def build_read_router(
             reports = await queries.kpi_log(
                 session=session, kpis=[kpi.id], as_at=view.as_at, known_at=view.known_at
             )
+            locks = await returns.locks(session=session, as_at=view.as_at, known_at=view.known_at)
         at = rated_at(view, clock)
         health = ProgrammeHealth(
             at=at,
             proposals={},
             kpis={kpi.id: kpi_health(kpi, state.kpi_observations.get(kpi.id, ()), at)},
         )
-        return kpi_series(catalogue, health, kpi, kpi_periods(kpi, reports), view)
+        return kpi_series(catalogue, health, kpi, kpi_periods(kpi, reports), view, locks)
 
     async def get_events(
         proposal: Annotated[str | None, Query(description="Only this proposal's events")] = None,

@@ -9,6 +9,7 @@ carried as plain strings and never interpreted.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import date, datetime
 from typing import Any, Literal, NamedTuple
 from urllib.parse import urlencode
@@ -31,6 +32,11 @@ from shared.health import (
     rule_title,
 )
 from shared.kinds.milestone import MILESTONE_STATUSES, MilestoneStatus
+from shared.reviews import Review, kpi_target, milestone_target
+
+Locks = Mapping[str, Review]
+"""Each locked return's target and the approval or verification that locks it."""
+NO_LOCKS: Locks = {}
 
 
 class _Out(BaseModel):
@@ -105,6 +111,10 @@ class MilestoneOut(_Out):
         description="The upstream chain (proposal/milestone, root first) that puts it at "
         "risk; empty if none"
     )
+    verification: Literal["verified", "unverified"] | None = Field(
+        description="A completion: verified by the programme office (and locked), or not "
+        "yet; null while not completed"
+    )
 
 
 AS_AT_DOC = (
@@ -162,6 +172,10 @@ class KpiOut(_Out):
         description="Trajectory value at the actual's period end"
     )
     on_track: bool | None = Field(description="None until an actual is reported")
+    actual_approved: bool | None = Field(
+        description="Whether the programme office approved the actual (its reporter's return "
+        "for its period); null until an actual is reported"
+    )
     evidences: list[str] = Field(description="Proposals and gamechangers it evidences")
 
 
@@ -254,7 +268,7 @@ def _follows(proposal: Proposal, milestone: Milestone) -> list[dict[str, Any]]:
     ]
 
 
-def _milestone(proposal: Proposal, m: MilestoneHealth) -> dict[str, Any]:
+def _milestone(proposal: Proposal, m: MilestoneHealth, locks: Locks) -> dict[str, Any]:
     risk = m.upstream_risk
     entry = proposal.milestone_by_id.get(m.id)
     return {
@@ -271,10 +285,26 @@ def _milestone(proposal: Proposal, m: MilestoneHealth) -> dict[str, Any]:
         "follows": _follows(proposal, entry) if entry and entry.follows else [],
         "forecast": m.forecast,
         "at_risk_because_of": [f"{p}/{mid}" for p, mid in risk.chain] if risk else [],
+        "verification": _verification(proposal, m, locks),
     }
 
 
-def _proposal(proposal: Proposal, health: ProposalHealth) -> dict[str, Any]:
+def _verification(proposal: Proposal, m: MilestoneHealth, locks: Locks) -> str | None:
+    if m.status != "completed":
+        return None
+    return "verified" if milestone_target(proposal.id, m.id) in locks else "unverified"
+
+
+def approved(locks: Locks, kpi: str, period: str | None, reporter: str | None) -> bool | None:
+    """Whether the return of ``reporter``'s actual of ``kpi`` for ``period`` is approved;
+    None when there is no actual."""
+    if period is None or reporter is None:
+        return None
+    lock = locks.get(kpi_target(kpi, period, reporter))
+    return lock is not None and lock.action == "approve"
+
+
+def _proposal(proposal: Proposal, health: ProposalHealth, locks: Locks) -> dict[str, Any]:
     counts = milestone_counts(health)
     return {
         "id": proposal.id,
@@ -293,11 +323,11 @@ def _proposal(proposal: Proposal, health: ProposalHealth) -> dict[str, Any]:
         "milestone_counts": counts,
         "unfinished_milestones": len(health.milestones) - counts["completed"],
         "overdue": health.overdue,
-        "milestones": [_milestone(proposal, m) for m in health.milestones],
+        "milestones": [_milestone(proposal, m, locks) for m in health.milestones],
     }
 
 
-def _kpi(kpi: Kpi, health: KpiHealth) -> dict[str, Any]:
+def _kpi(kpi: Kpi, health: KpiHealth, locks: Locks) -> dict[str, Any]:
     return {
         "id": kpi.id,
         "title": kpi.title,
@@ -314,6 +344,9 @@ def _kpi(kpi: Kpi, health: KpiHealth) -> dict[str, Any]:
         "expected": float(health.expected_now),
         "expected_at_actual": _float(health.expected_at_actual),
         "on_track": health.on_track,
+        "actual_approved": approved(
+            locks, kpi.id, health.actual_period, health.event.source if health.event else None
+        ),
         "evidences": kpi.evidences,
     }
 
@@ -326,12 +359,12 @@ def milestone_counts(health: ProposalHealth) -> dict[str, int]:
     return counts
 
 
-def _kpis(catalogue: Catalogue, health: ProgrammeHealth) -> list[dict[str, Any]]:
-    return [_kpi(k, health.kpis[k.id]) for k in catalogue.kpis]
+def _kpis(catalogue: Catalogue, health: ProgrammeHealth, locks: Locks) -> list[dict[str, Any]]:
+    return [_kpi(k, health.kpis[k.id], locks) for k in catalogue.kpis]
 
 
 def programme_document(
-    catalogue: Catalogue, health: ProgrammeHealth, view: View = LIVE
+    catalogue: Catalogue, health: ProgrammeHealth, view: View = LIVE, locks: Locks = NO_LOCKS
 ) -> dict[str, Any]:
     """The whole board as the plain data of :class:`ProgrammeOut` (what the API serialises)."""
     columns = [
@@ -339,7 +372,7 @@ def programme_document(
             "id": c.id,
             "title": c.title,
             "proposals": [
-                _proposal(p, health.proposals[p.id]) for p in catalogue.proposals_of(c.id)
+                _proposal(p, health.proposals[p.id], locks) for p in catalogue.proposals_of(c.id)
             ],
         }
         for c in catalogue.columns
@@ -351,28 +384,34 @@ def programme_document(
         "as_at": view.as_at,
         "known_at": view.known_at,
         "columns": columns,
-        "kpis": _kpis(catalogue, health),
+        "kpis": _kpis(catalogue, health, locks),
     }
 
 
 def programme_view(
-    catalogue: Catalogue, health: ProgrammeHealth, view: View = LIVE
+    catalogue: Catalogue, health: ProgrammeHealth, view: View = LIVE, locks: Locks = NO_LOCKS
 ) -> ProgrammeOut:
     """The whole board: columns in catalogue order, each with its proposals, then the KPIs."""
-    return ProgrammeOut.model_validate(programme_document(catalogue, health, view))
+    return ProgrammeOut.model_validate(programme_document(catalogue, health, view, locks))
 
 
 def proposal_detail(
-    catalogue: Catalogue, health: ProgrammeHealth, proposal_id: str, view: View = LIVE
+    catalogue: Catalogue,
+    health: ProgrammeHealth,
+    proposal_id: str,
+    view: View = LIVE,
+    locks: Locks = NO_LOCKS,
 ) -> ProposalDetailOut | None:
     """One proposal with its text and evidencing KPIs; None if the catalogue has no such id."""
     proposal = catalogue.proposal_by_id.get(proposal_id)
     if proposal is None:
         return None
-    kpis = [_kpi(k, health.kpis[k.id]) for k in catalogue.kpis_evidencing.get(proposal.id, ())]
+    kpis = [
+        _kpi(k, health.kpis[k.id], locks) for k in catalogue.kpis_evidencing.get(proposal.id, ())
+    ]
     return ProposalDetailOut.model_validate(
         {
-            **_proposal(proposal, health.proposals[proposal.id]),
+            **_proposal(proposal, health.proposals[proposal.id], locks),
             "text": proposal.text,
             "annex_text": proposal.annex_text,
             "kpis": kpis,
@@ -383,14 +422,16 @@ def proposal_detail(
     )
 
 
-def kpi_list(catalogue: Catalogue, health: ProgrammeHealth, view: View = LIVE) -> KpiListOut:
+def kpi_list(
+    catalogue: Catalogue, health: ProgrammeHealth, view: View = LIVE, locks: Locks = NO_LOCKS
+) -> KpiListOut:
     """Every KPI in catalogue order, at the snapshot's time."""
     return KpiListOut.model_validate(
         {
             "generated_at": health.at,
             "as_at": view.as_at,
             "known_at": view.known_at,
-            "kpis": _kpis(catalogue, health),
+            "kpis": _kpis(catalogue, health, locks),
         }
     )
 
@@ -481,6 +522,10 @@ class KpiPeriodOut(_Out):
     event: EventRefOut
     expected: float = Field(description="Trajectory value at the period's end")
     on_track: bool
+    approved: bool = Field(
+        description="Whether the programme office approved the actual's return (its "
+        "reporter's, for the period)"
+    )
     reports: list[ReportOut] = Field(description="Every report, first then each correction")
 
 
@@ -579,11 +624,12 @@ def kpi_series(
     kpi: Kpi,
     periods: list[KpiPeriod],
     view: View = LIVE,
+    locks: Locks = NO_LOCKS,
 ) -> KpiSeriesOut:
     """One KPI with every period and its trajectory, as the read API returns it."""
     return KpiSeriesOut.model_validate(
         {
-            **_kpi(kpi, health.kpis[kpi.id]),
+            **_kpi(kpi, health.kpis[kpi.id], locks),
             "generated_at": health.at,
             "as_at": view.as_at,
             "known_at": view.known_at,
@@ -597,6 +643,7 @@ def kpi_series(
                     "event": event_ref(p.actual.source, p.actual.event_id or ""),
                     "expected": float(p.expected),
                     "on_track": p.on_track,
+                    "approved": bool(approved(locks, kpi.id, p.period, p.actual.source)),
                     "reports": [_report(o) for o in p.reports],
                 }
                 for p in periods

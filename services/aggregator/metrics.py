@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC
 
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
@@ -34,10 +35,14 @@ from services.aggregator.api import (
     read_health,
 )
 from services.aggregator.board import milestone_counts, rag_value
+from services.aggregator.office import column_of_return, read_reporting
 from services.aggregator.opmetrics import OperationalMetrics
 from services.aggregator.queries import collector_paused
+from services.aggregator.returns import Queue, read_queue
 from shared.catalogue import Catalogue
 from shared.health import ProgrammeHealth
+from shared.reporting import STATES, ReturnKey, Status, silent_reporters
+from shared.reviews import kpi_target
 
 PROPOSAL_LABELS = ["column", "proposal"]
 
@@ -62,8 +67,12 @@ class Gauge:
 
 
 def programme_families(catalogue: Catalogue, health: ProgrammeHealth) -> list[GaugeMetricFamily]:
-    """Every programme gauge of one snapshot, as prometheus_client families."""
-    return [gauge.family() for gauge in programme_gauges(catalogue, health)]
+    """Every programme gauge of one snapshot (the office's with nothing owed nor
+    received), as prometheus_client families."""
+    gauges = programme_gauges(catalogue, health) + office_gauges(
+        catalogue, health, [], [], NO_QUEUE
+    )
+    return [gauge.family() for gauge in gauges]
 
 
 def programme_gauges(catalogue: Catalogue, health: ProgrammeHealth) -> list[Gauge]:
@@ -162,6 +171,119 @@ def programme_gauges(catalogue: Catalogue, health: ProgrammeHealth) -> list[Gaug
     ]
 
 
+def office_gauges(
+    catalogue: Catalogue,
+    health: ProgrammeHealth,
+    found: Sequence[Status],
+    extra: Sequence[ReturnKey],
+    queue: Queue,
+) -> list[Gauge]:
+    """The reporting and review gauges: each return owed by state, completeness and
+    timeliness per authority, the silent reporters, the review queue and the approval of
+    each KPI's actual; a pure function."""
+    returns_ = Gauge(
+        "cotn_reporting_returns",
+        "Returns owed by the authority for the period, by state (on_time, late, missing, "
+        "pending); extra: received but not owed, never in the rates",
+        ["authority", "column", "period", "state"],
+    )
+    completeness_ = Gauge(
+        "cotn_reporting_completeness_ratio",
+        "Returns received of those due (past their due day), 0..1",
+        ["authority", "column"],
+    )
+    timeliness = Gauge(
+        "cotn_reporting_timeliness_ratio",
+        "Returns received on time of those due (past their due day), 0..1",
+        ["authority", "column"],
+    )
+    silent = Gauge(
+        "cotn_reporter_silent",
+        "1 while the authority's newest due return of the obligation (a KPI or a proposal's "
+        "progress updates) is missing",
+        ["authority", "column", "obligation", "kind"],
+    )
+    waiting = Gauge(
+        "cotn_reviews_waiting",
+        "Returns submitted and waiting for the programme office's review",
+        ["column", "kind"],
+    )
+    returned = Gauge(
+        "cotn_reviews_returned",
+        "Returns the office returned for correction, not yet resubmitted",
+        ["column", "kind"],
+    )
+    aside = Gauge(
+        "cotn_events_kept_aside",
+        "Events accepted before a lock reached the column service: stored, never applied",
+        ["column"],
+    )
+    kpi_returns = Gauge(
+        "cotn_kpi_returns", "KPI returns received, by review state", ["kpi", "state"]
+    )
+    approved = Gauge(
+        "cotn_kpi_actual_approved",
+        "1 when the office approved the KPI's latest actual (cotn_kpi_value), else 0",
+        ["kpi"],
+    )
+    cells: dict[tuple[str, str, str], dict[str, int]] = {}
+    rates: dict[tuple[str, str], list[int]] = {}
+    for status in found:
+        o = status.obligation
+        cell = cells.setdefault((o.authority, o.column, o.period), dict.fromkeys(CELL_STATES, 0))
+        cell[status.state] += 1
+        if status.state != "pending":
+            rate = rates.setdefault((o.authority, o.column), [0, 0, 0])
+            rate[0] += 1
+            rate[1] += status.state != "missing"
+            rate[2] += status.state == "on_time"
+    for kind, ref, authority, period in extra:
+        column = column_of_return(catalogue, kind, ref)
+        cell = cells.setdefault((authority, column, period), dict.fromkeys(CELL_STATES, 0))
+        cell["extra"] += 1
+    for labels, cell in sorted(cells.items()):
+        for state, n in cell.items():
+            returns_.add_metric((*labels, state), n)
+    for pair, (due, received, on_time) in sorted(rates.items()):
+        completeness_.add_metric(pair, received / due)
+        timeliness.add_metric(pair, on_time / due)
+    for s in silent_reporters(found):
+        silent.add_metric((s.authority, s.column, s.ref, s.kind), 1)
+    queued = {(c.id, k): [0, 0] for c in catalogue.columns for k in ("kpi", "milestone")}
+    by_kpi = {(k.id, state): 0 for k in catalogue.kpis for state in KPI_REVIEW_STATES}
+    for r in queue.returns:
+        counts = queued[(r.column, r.kind)]
+        counts[0] += r.state == "submitted"
+        counts[1] += r.state == "returned"
+        if r.kpi is not None:
+            by_kpi[(r.kpi, r.state)] += 1
+    for (column, kind), (n_waiting, n_returned) in queued.items():
+        waiting.add_metric((column, kind), n_waiting)
+        returned.add_metric((column, kind), n_returned)
+    kept = dict.fromkeys(catalogue.column_by_id, 0)
+    for held in queue.kept_aside:
+        kept[held.column] = kept.get(held.column, 0) + 1
+    for column, n in kept.items():
+        aside.add_metric((column,), n)
+    for (kpi_id, state), n in by_kpi.items():
+        kpi_returns.add_metric((kpi_id, state), n)
+    locks = {r.target for r in queue.returns if r.state == "approved"}
+    for kpi in catalogue.kpis:
+        actual = health.kpis[kpi.id]
+        if actual.actual is not None and actual.actual_period and actual.event:
+            target = kpi_target(kpi.id, actual.actual_period, actual.event.source)
+            approved.add_metric((kpi.id,), int(target in locks))
+    return [
+        returns_, completeness_, timeliness, silent, waiting, returned, aside, kpi_returns,
+        approved,
+    ]  # fmt: skip
+
+
+NO_QUEUE = Queue([], [])
+CELL_STATES = (*STATES, "extra")
+KPI_REVIEW_STATES = ("submitted", "approved", "returned")
+
+
 _SMALL_INTS = [floatToGoString(n) for n in range(256)]
 
 
@@ -234,8 +356,16 @@ def build_metrics_router(
         try:
             with collector_paused():
                 health = await read_health(catalogue=catalogue, sessions=sessions, clock=clock)
-                last_read = render_gauges(programme_gauges(catalogue, health))
-                del health  # freed inside the paused block: nothing left for the collector
+                today = clock().astimezone(UTC).date()
+                found, extra = await read_reporting(
+                    catalogue=catalogue, sessions=sessions, today=today
+                )
+                async with sessions() as session:
+                    queue = await read_queue(session=session, catalogue=catalogue)
+                gauges = programme_gauges(catalogue, health)
+                gauges += office_gauges(catalogue, health, found, extra, queue)
+                last_read = render_gauges(gauges)
+                del health, found, extra, queue  # freed inside the paused block
             operational.database_up.set(1)
         except STORE_UNAVAILABLE as exc:
             log_unreadable("/metrics", exc)

@@ -529,27 +529,16 @@ def build_office_router(
         if (refused := check_filters(authority, column)) is not None:
             return refused
         async with sessions() as session:
-            reviews = await returns.all_reviews(session=session)
-            found: list[Return] = []
-            if kind in (None, "kpi"):
-                found += await returns.kpi_returns(
-                    session=session, catalogue=catalogue, reviews=reviews
-                )
-            if kind in (None, "milestone"):
-                found += await returns.completions(
-                    session=session, catalogue=catalogue, reviews=reviews
-                )
-            aside = await returns.kept_aside(session=session, reviews=reviews)
+            queue = await returns.read_queue(session=session, catalogue=catalogue, kind=kind)
         found = [
             r
-            for r in found
+            for r in queue.returns
             if (column is None or r.column == column)
             and (authority is None or r.reporter == authority)
         ]
-        found.sort(key=lambda r: r.received_at)
         aside = [
             k
-            for k in aside
+            for k in queue.kept_aside
             if (column is None or k.column == column)
             and (authority is None or k.source == authority)
             and (kind is None or k.target.startswith(f"{kind}."))

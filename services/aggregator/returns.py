@@ -259,10 +259,42 @@ async def return_of(
     return found[0] if found else None
 
 
-def approved_targets(reviews: dict[str, list[Review]]) -> frozenset[str]:
-    """The KPI returns approved now: locked by an approval (a reopen unlocks)."""
-    return frozenset(
-        target
-        for target, of_target in reviews.items()
-        if target.startswith("kpi.") and (lock := lock_of(of_target)) and lock.action == "approve"
-    )
+async def locks(
+    *, session: AsyncSession, as_at: datetime | None = None, known_at: datetime | None = None
+) -> dict[str, Review]:
+    """Each locked target and the approval or verification that locks it; for a view, the
+    locks its reviews set (reviews whose time is not after ``as_at``, stored by
+    ``known_at``)."""
+    where = []
+    if as_at is not None:
+        where.append(EVENT.c.event_time <= as_at)
+    if known_at is not None:
+        where.append(EVENT.c.received_at <= known_at)
+    reviews = await all_reviews(session=session, where=where)
+    return {target: lock for target, of_target in reviews.items() if (lock := lock_of(of_target))}
+
+
+@dataclass(frozen=True, slots=True)
+class Queue:
+    """Every return as it stands and every event kept aside: the review queue, whole."""
+
+    returns: list[Return]
+    kept_aside: list[KeptAside]
+
+
+async def read_queue(
+    *,
+    session: AsyncSession,
+    catalogue: Catalogue,
+    kind: ReturnKind | None = None,
+) -> Queue:
+    """The KPI returns (unless ``kind`` is milestone) and completions (unless kpi) received,
+    oldest first, and what locks kept aside; one read of the reviews."""
+    reviews = await all_reviews(session=session)
+    found: list[Return] = []
+    if kind in (None, "kpi"):
+        found += await kpi_returns(session=session, catalogue=catalogue, reviews=reviews)
+    if kind in (None, "milestone"):
+        found += await completions(session=session, catalogue=catalogue, reviews=reviews)
+    found.sort(key=lambda r: r.received_at)
+    return Queue(found, await kept_aside(session=session, reviews=reviews))

@@ -1,4 +1,5 @@
-"""``cotn token``: issue, revoke and list the bearer tokens authority systems post with."""
+"""``cotn token``: issue, revoke and list the bearer tokens authority systems post with, and
+the programme office's tokens (``--office``), which review returns and post no events."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from services.cli.common import (
     unknown,
 )
 from shared.catalogue import DEFAULT_CATALOGUE
-from shared.tokens import TokenRecord, TokenStore, read_last_used
+from shared.tokens import TokenRecord, TokenStore, check_office_name, read_last_used
 
 app = typer.Typer(
     help="Issue, revoke and list the bearer tokens authority systems post events with. "
@@ -53,30 +54,68 @@ def _token_file(data_dir: Path) -> Iterator[TokenStore]:
 @app.command()
 def create(
     authority: Annotated[
-        str,
+        str | None,
         typer.Argument(
-            metavar="AUTHORITY", help="Id of the authority or body, e.g. greater-manchester."
+            metavar="AUTHORITY",
+            help="Id of the authority or body, e.g. greater-manchester (not with --office).",
+            show_default=False,
         ),
-    ],
+    ] = None,
+    office: Annotated[
+        str | None,
+        typer.Option(
+            "--office",
+            metavar="NAME",
+            help="Issue an office identity's token instead (its events' source is "
+            "office/NAME; NAME a lowercase slug): it reviews returns through the aggregator "
+            "and sends no events.",
+        ),
+    ] = None,
+    member_of: Annotated[
+        str | None,
+        typer.Option(
+            "--member-of",
+            metavar="AUTHORITY",
+            help="With --office: the authority the person also belongs to, whose returns "
+            "they may not review.",
+        ),
+    ] = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
     catalogue: CatalogueOption = DEFAULT_CATALOGUE,
 ) -> None:
-    """Issue a token for AUTHORITY and print it, alone, on stdout.
+    """Issue a token for AUTHORITY (or an office identity) and print it, alone, on stdout.
 
     The token is not stored and cannot be shown again: hand it to the authority's
     system now. Only its hash goes into DIR/tokens.json.
     """
     known = open_catalogue(catalogue).authority_by_id
-    if authority not in known:
-        unknown("authority", authority, list(known))
+    for given in (authority, member_of):
+        if given is not None and given not in known:
+            unknown("authority", given, list(known))
+    if (authority is None) == (office is None):
+        fail("give an AUTHORITY or --office NAME: exactly one of them", EXIT_BAD_INPUT)
+    if office is None and member_of is not None:
+        fail("--member-of goes with --office: an authority's token is its own", EXIT_BAD_INPUT)
+    if office is not None:
+        try:
+            check_office_name(office)  # before the store, which reads a ValueError as damage
+        except ValueError as exc:
+            fail(str(exc), EXIT_BAD_INPUT)
     with _token_file(data_dir) as store:
-        token, record = store.create(authority)
+        if office is None:
+            token, record = store.create(str(authority))
+        else:
+            token, record = store.create_office(office, member_of=member_of)
     typer.echo(token)
     typer.echo(
-        f"Token {record.token_id} issued to {authority} and its hash stored in {store.path}. "
-        "Copy it now: it is not shown again.",
+        f"Token {record.token_id} issued to {record.authority}{_membership(record)} and its hash "
+        f"stored in {store.path}. Copy it now: it is not shown again.",
         err=True,
     )
+
+
+def _membership(record: TokenRecord) -> str:
+    return f" (member of {record.member_of})" if record.member_of else ""
 
 
 @app.command()
@@ -97,7 +136,7 @@ def revoke(
 
 @app.command("list")
 def list_tokens(data_dir: DataDirOption = DEFAULT_DATA_DIR) -> None:
-    """List the tokens issued: id, authority, when created, last used and revoked.
+    """List the tokens issued: id, authority, when created, last used, revoked and role.
 
     Neither tokens nor their hashes are shown. The column services note uses in memory and
     write them out about once a minute, so "last used" may lag by that much.
@@ -112,7 +151,7 @@ def list_tokens(data_dir: DataDirOption = DEFAULT_DATA_DIR) -> None:
 
 
 def _token_table(records: list[TokenRecord], last_used: dict[str, str]) -> Table:
-    table = Table("id", "authority", "created (UTC)", "last used (UTC)", "revoked (UTC)")
+    table = Table("id", "authority", "created (UTC)", "last used (UTC)", "revoked (UTC)", "role")
     for record in records:
         used = last_used.get(record.token_id)
         table.add_row(
@@ -121,6 +160,7 @@ def _token_table(records: list[TokenRecord], last_used: dict[str, str]) -> Table
             Text(_when(record.created_at)),
             Text(_when(used) if used else "never"),
             Text(_when(record.revoked_at) if record.revoked_at else "-"),
+            Text(record.role + _membership(record)),
         )
     return table
 

@@ -27,6 +27,9 @@ class CheckedEvent:
     id: str
     type: str
     message: BusMessage
+    target: str | None = None
+    """The return it belongs to (shared/reviews.py), which a lock may hold; None for kinds
+    the office does not review."""
 
 
 @dataclass
@@ -77,7 +80,7 @@ def _checked(index: int, event: CloudEvent, catalogue: Catalogue, column: str) -
             digest=event.digest, time=event.time.astimezone(UTC).isoformat().replace("+00:00", "Z")
         ),
     )
-    return CheckedEvent(index, event.id, event.type, message)
+    return CheckedEvent(index, event.id, event.type, message, kind.row(event).get("target"))
 
 
 def raw_id(raw: Any) -> str | None:

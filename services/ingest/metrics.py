@@ -3,7 +3,8 @@
 The event and refusal counters carry the ``authority`` of the token a request came with
 (``unknown`` before a token is accepted), so an alert can say whose events keep being
 refused. Its values are bounded: the catalogue's authorities, which are all a token can
-be issued to.
+be issued to, and ``office`` for any office token (refused: the office sends no events; that
+series appears with its first refusal).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from shared.kinds import KINDS
 OUTCOMES = ("accepted", "duplicate", "rejected")
 UNKNOWN_TYPE = "unknown"
 UNKNOWN_AUTHORITY = "unknown"
+OFFICE_AUTHORITY = "office"
 UNAUTHENTICATED = "unauthenticated"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 

@@ -28,6 +28,7 @@ TITLES = {
     "misdirected": "Misdirected request",
     "invalid": "Invalid event",
     "conflict": "Id already used by another event",
+    "locked": "Return locked by the programme office",
     "bus_unavailable": "Event bus unavailable",
 }
 REASONS = tuple(TITLES)
@@ -40,6 +41,12 @@ class EventError(BaseModel):
     id: str | None = Field(description="The event's id where it is known")
     field: str = Field(description="Dotted path of the attribute, e.g. data.proposal")
     reason: str
+    code: str | None = Field(
+        default=None,
+        exclude_if=lambda code: code is None,
+        description="Why, as a word a client can act on, where the refusal gives one: "
+        "`locked` (the return is approved or verified)",
+    )
 
 
 class ProblemDetails(BaseModel):
@@ -64,6 +71,7 @@ class ProblemError(Exception):
         errors: Sequence[Problem] = (),
         headers: dict[str, str] | None = None,
         rejected_types: Sequence[str] = (),
+        with_codes: bool = False,
     ) -> None:
         super().__init__(detail)
         self.status = status
@@ -72,6 +80,8 @@ class ProblemError(Exception):
         self.errors = list(errors)
         self.headers = headers or {}
         self.rejected_types = list(rejected_types)
+        # Older refusals keep the error shape clients already parse; newer ones name codes.
+        self.with_codes = with_codes
 
     def details(self) -> ProblemDetails:
         return ProblemDetails(
@@ -79,7 +89,10 @@ class ProblemError(Exception):
             title=TITLES[self.reason],
             status=self.status,
             detail=self.detail,
-            errors=[EventError(**p.as_dict()) for p in self.errors],
+            errors=[
+                EventError(**p.as_dict(), code=p.code if self.with_codes else None)
+                for p in self.errors
+            ],
         )
 
 

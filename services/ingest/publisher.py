@@ -33,6 +33,7 @@ from services.ingest.claims import (
     is_taken,
     withdraw,
 )
+from services.ingest.locks import LockWatcher
 from services.ingest.settings import IngestSettings
 from shared.bus import (
     CLAIMS_BUCKET,
@@ -142,7 +143,8 @@ def declare_event_channels(broker: NatsBroker, column: str) -> None:
 
 class EventBus:
     """Claims accepted events' ids (services/ingest/claims.py), then publishes the events to
-    the events stream, each with its JetStream ack."""
+    the events stream, each with its JetStream ack; watches the locks bucket once connected
+    (``locks``, services/ingest/locks.py)."""
 
     def __init__(self, settings: IngestSettings) -> None:
         self._stream_settings = settings.stream_settings()
@@ -153,6 +155,9 @@ class EventBus:
         self._manage_streams = settings.manage_streams
         self._acks: PendingAcks | None = None
         self._bucket: KeyValue | None = None
+        self.locks = LockWatcher(
+            timeout=settings.publish_timeout_seconds, retry_wait=settings.reconnect_wait_seconds
+        )
         self.broker = BackgroundNatsBroker(
             settings.nats_servers,  # one URL, or the seeds of a cluster
             name=f"cotn-ingest-{settings.column}",
@@ -167,7 +172,7 @@ class EventBus:
             logger=log,
             log_level=logging.DEBUG,
         )
-        self.broker.on_connected = self.ensure_streams
+        self.broker.on_connected = self._on_connected
         declare_event_channels(self.broker, settings.column)
 
     async def ensure_streams(self) -> None:
@@ -186,6 +191,11 @@ class EventBus:
             else:
                 return
 
+    async def _on_connected(self) -> None:
+        # The watch needs the bucket, which ensure_streams makes (or `cotn nats setup` did).
+        await self.ensure_streams()
+        self.broker.run_in_background(self.locks.run(self.broker.connection))
+
     async def _on_error(self, exc: Exception) -> None:
         # FastStream logs connection errors once connected; before that, say it once here.
         if not self._warned and self._client() is None:
@@ -193,8 +203,13 @@ class EventBus:
             log.warning("NATS unreachable (%r); retrying every %ss", exc, self._retry_wait)
 
     async def _on_reconnected(self) -> None:
-        # A server that restarted without its store has no streams: set them up again.
-        self.broker.run_in_background(self.ensure_streams())
+        self.broker.run_in_background(self._after_reconnection())
+
+    async def _after_reconnection(self) -> None:
+        # A server that restarted without its store has no streams: set them up again; and
+        # the locks' consumer may be gone with it: watch again.
+        await self.ensure_streams()
+        await self.locks.rewatch()
 
     def _client(self) -> Client | None:
         try:
@@ -203,8 +218,8 @@ class EventBus:
             return None
 
     async def unready_reason(self) -> str | None:
-        """None when the bus is connected and the events stream and the claims bucket
-        answer, else why not."""
+        """None when the bus is connected, the events stream and the claims bucket answer
+        and the locks are loaded, else why not."""
         client = self._client()
         if client is None or not client.is_connected:
             return "not connected to NATS"
@@ -214,7 +229,7 @@ class EventBus:
                 await js.stream_info(stream)
             except BUS_ERRORS as exc:
                 return f"stream {stream} does not answer: {exc!r}"
-        return None
+        return self.locks.unready_reason()
 
     def _bus(self, client: Client) -> tuple[PendingAcks, KeyValue]:
         """The connection's acks (one reply subscription for every publish) and the claims

@@ -1,9 +1,11 @@
 """HTTP handlers of a column service: ``POST /v1/events`` and the probes.
 
 A request is checked in this order, each step answering with its own status: token (401),
-the column it was meant for (421, when the client names one in ``Cotn-Column``), the token's
-rate (429, one event's worth), content type (415), size (413), JSON (400), the
-rate again for the rest of its events (429), events (403 before 422), then the bus (503).
+an office token (403: the office reviews through the aggregator), the column it was meant
+for (421, when the client names one in ``Cotn-Column``), the token's rate (429, one event's
+worth), content type (415), size (413), JSON (400), the rate again for the rest of its
+events (429), events (403 before 422), locks (409, from memory: services/ingest/locks.py),
+then the bus (409 for a reused id, 503).
 Unauthenticated and throttled clients therefore never cost a body read.
 """
 
@@ -33,7 +35,8 @@ from services.ingest.decoding import (
     decode_json,
     read_capped,
 )
-from services.ingest.metrics import UNKNOWN_AUTHORITY, IngestMetrics
+from services.ingest.locks import LOCKED, LockWatcher, lock_problem
+from services.ingest.metrics import OFFICE_AUTHORITY, UNKNOWN_AUTHORITY, IngestMetrics
 from services.ingest.problems import ProblemError, problem_response
 from services.ingest.publisher import BusUnavailable, Conflicts, EventBus
 from services.ingest.ratelimit import RateLimiter
@@ -114,15 +117,21 @@ UNKNOWN_QUERY: dict[int | str, dict[str, Any]] = {
             "No token, or an unknown or revoked one",
             {"WWW-Authenticate": "Bearer"},
         ),
-        403: openapi.problem("The token's authority may not send an event of the request"),
+        403: openapi.problem(
+            "The token's authority may not send an event of the request, or the token is the "
+            "programme office's (it reviews through the aggregator's POST /v1/reviews)"
+        ),
         413: openapi.problem("The body or the batch is too large"),
         415: openapi.problem("Not a CloudEvents JSON content type"),
         421: openapi.problem(
             "The request's Cotn-Column header names another column; nothing was published"
         ),
         409: openapi.problem(
-            "An event's (source, id) was accepted before with other content; nothing was "
-            "published. The problem names the time of the event that holds the id"
+            "An event's (source, id) was accepted before with other content (`conflict`: the "
+            "problem names the time of the event that holds the id), or an event is for a "
+            "return the programme office approved or verified (`locked`: each error names "
+            "the lock, who set it and when, with code `locked`; the office can reopen it); "
+            "nothing was published"
         ),
         422: openapi.problem(
             "An event is invalid, or a query parameter was sent; nothing was published"
@@ -147,8 +156,9 @@ async def post_events(request: Request, context: Context, credentials: Credentia
     authority = UNKNOWN_AUTHORITY
     try:
         token = _authenticate(context.tokens, credentials)
-        authority = token.authority
+        authority = OFFICE_AUTHORITY if token.is_office else token.authority
         _note_use(context, token)
+        _refuse_office(token)
         result = await _ingest(request, context, token)
     except ProblemError as problem:
         _count_refusal(context.metrics, problem, authority)
@@ -185,6 +195,8 @@ async def _ingest(request: Request, context: IngestContext, token: TokenRecord) 
         raise _refusal(batch, raws)
     if not batch.fresh:  # an empty batch, which CloudEvents allows: nothing to publish
         return _result(batch, [], context.metrics, token.authority)
+    if locked := _locked(batch, raws, context.bus.locks):
+        raise locked
     try:
         already_stored = await context.bus.publish([c.message for c in batch.fresh])
     except Conflicts as conflicts:
@@ -220,6 +232,43 @@ def _authenticate(
             headers={"WWW-Authenticate": 'Bearer realm="cotn", error="invalid_token"'},
         )
     return record
+
+
+def _refuse_office(token: TokenRecord) -> None:
+    """An office token sends no events: the office's reviews go through the aggregator."""
+    if token.is_office:
+        reason = (
+            f"is the programme office's token ({token.authority}): office tokens review "
+            "returns through the aggregator's POST /v1/reviews and send no events"
+        )
+        raise ProblemError(
+            403,
+            "forbidden",
+            f"the token {reason}",
+            errors=[Problem("Authorization", reason, status=403)],
+        )
+
+
+def _locked(batch: CheckedBatch, raws: Sequence[Any], locks: LockWatcher) -> ProblemError | None:
+    """The 409 for the events whose return is locked, from the watcher's memory; None when
+    no event of the batch is for a locked return."""
+    held = [
+        (event, lock)
+        for event in batch.fresh
+        if event.target is not None and (lock := locks.lock_of(event.target)) is not None
+    ]
+    if not held:
+        return None
+    return ProblemError(
+        409,
+        LOCKED,
+        f"{len(held)} of {len(raws)} events are for returns the programme office has locked "
+        f"(the first: {held[0][1].describe()}); the office can reopen a return; nothing was "
+        "published",
+        errors=[lock_problem(lock).at(event.index, event.id) for event, lock in held],
+        rejected_types=[raw_type(r) for r in raws],
+        with_codes=True,
+    )
 
 
 def _note_use(context: IngestContext, token: TokenRecord) -> None:
@@ -340,7 +389,7 @@ async def healthz() -> dict[str, str]:
 
 @router.get(
     "/readyz",
-    summary="Readiness: connected to NATS and the events stream answers",
+    summary="Readiness: connected to NATS, the events stream answers, the locks are loaded",
     responses={503: {"description": "Not ready; `reason` says why"}, **UNKNOWN_QUERY},
 )
 async def readyz(context: Context) -> JSONResponse:

@@ -90,7 +90,13 @@ class Kpis(EventKind):
                     code="bad_subject",
                 )
             )
-        if kpi.returns and frequency_of(data.period) != kpi.returns.frequency:
+        # A policy of the door, not of the record: a stored event stays storable when the
+        # catalogue's reporting frequency changes later.
+        if (
+            authority is not None
+            and kpi.returns
+            and frequency_of(data.period) != kpi.returns.frequency
+        ):
             problems.append(
                 Problem(
                     "data.period",

@@ -112,7 +112,7 @@ class Reviews(EventKind):
                 )
             )
         if data.kpi is not None:
-            return problems + self._kpi_problems(data, catalogue, column)
+            return problems + self._kpi_problems(data, catalogue, column, authority)
         proposal, found = proposal_problems(data.proposal, catalogue, column, None)
         if proposal is not None and proposal.milestone(data.milestone) is None:
             found.append(
@@ -125,7 +125,9 @@ class Reviews(EventKind):
         return problems + found
 
     @staticmethod
-    def _kpi_problems(data: ReviewData, catalogue: Catalogue, column: str) -> list[Problem]:
+    def _kpi_problems(
+        data: ReviewData, catalogue: Catalogue, column: str, authority: str | None
+    ) -> list[Problem]:
         kpi = catalogue.kpi_by_id.get(str(data.kpi))
         if kpi is None:
             return [Problem("data.kpi", f"unknown KPI {data.kpi!r}", code="unknown_kpi")]
@@ -146,7 +148,8 @@ class Reviews(EventKind):
                 )
             )
         period = str(data.period)
-        if kpi.returns and frequency_of(period) != kpi.returns.frequency:
+        # At the door only, as for a KPI event (see shared.kinds.kpi).
+        if authority is not None and kpi.returns and frequency_of(period) != kpi.returns.frequency:
             problems.append(
                 Problem(
                     "data.period",

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.registry import Collector
 
 from services.aggregator.metrics import (
+    NO_QUEUE,
     Gauge,
+    office_gauges,
     programme_families,
     programme_gauges,
     render_gauges,
@@ -22,6 +24,7 @@ from shared.health import (
     programme_health,
 )
 from shared.kinds.milestone import MILESTONE_STATUSES
+from shared.reporting import extra_returns, obligations, statuses
 
 
 class _Families(Collector):
@@ -86,7 +89,28 @@ def test_programme_gauges_match_prometheus_client_for_a_whole_board(catalogue: C
     health = programme_health(catalogue, ProgrammeState(states, observations), now)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Programme(catalogue, health))
-    assert render_gauges(programme_gauges(catalogue, health)) == generate_latest(registry)
+    assert render_gauges(
+        programme_gauges(catalogue, health) + office_gauges(catalogue, health, [], [], NO_QUEUE)
+    ) == generate_latest(registry)
+
+
+def test_office_gauges_match_prometheus_client(catalogue: Catalogue) -> None:
+    today = date(2025, 8, 1)
+    owed = obligations(catalogue, today)
+    received = {o.key: datetime(2025, 4, 2, tzinfo=UTC) for o in owed[::3]}
+    received[("update", "2b", "cumbria", "2025-Q2")] = datetime(2025, 5, 2, tzinfo=UTC)
+    found = statuses(owed, received, today)
+    health = programme_health(catalogue, ProgrammeState({}, {}), datetime(2025, 8, 1, tzinfo=UTC))
+    gauges = office_gauges(catalogue, health, found, extra_returns(owed, received), NO_QUEUE)
+    expected = _exposition(gauges)
+    assert render_gauges(gauges) == expected
+    text = expected.decode()
+    extra = (
+        'cotn_reporting_returns{authority="cumbria",column="collaboration",period="2025-Q2",'
+        'state="extra"} 1.0'
+    )
+    assert extra in text
+    assert "cotn_reporter_silent{" in text and "cotn_reporting_completeness_ratio{" in text
 
 
 class _Programme(Collector):

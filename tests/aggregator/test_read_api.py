@@ -439,7 +439,9 @@ async def test_programme_board(stack: Stack) -> None:
         "follows": [],
         "forecast": None,
         "at_risk_because_of": [],
+        "verification": "unverified",  # nobody in the office has verified it
     }
+    assert second["verification"] is None  # not completed
     assert datetime.fromisoformat(first["updated_at"]) == ts("2025-06-20T10:00")
     assert (second["status"], second["note"]) == ("in_progress", NOTE)
 

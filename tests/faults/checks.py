@@ -128,12 +128,17 @@ async def _keys(connection: Any, table: sa.Table, *key: str) -> dict[tuple[str, 
 
 
 def newest(rows: Iterable[Any], kind: str) -> dict[tuple[str, str], Key]:
-    """Per milestone or KPI period, the stored event newest by (event time, stream sequence)."""
+    """Per milestone or KPI period, the stored event newest by (event time, stream sequence),
+    of those applied (a lock keeps an event aside: stored, never folded)."""
     best: dict[tuple[str, str], tuple[Any, int, Key]] = {}
     for r in rows:
-        if kind == "milestone" and r["milestone"] is not None:
+        if r["held"] is not None:
+            continue
+        if r["type"] != f"org.cotn.{kind}.v1":  # a review names a KPI or milestone too
+            continue
+        if kind == "milestone":
             key = (r["proposal"], r["milestone"])
-        elif kind == "kpi" and r["kpi"] is not None:
+        elif kind == "kpi":
             key = (r["kpi"], r["data"]["period"])
         else:
             continue

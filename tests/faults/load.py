@@ -30,8 +30,9 @@ MILESTONE_KEYS = [
     for m in CATALOGUE.proposal_by_id[proposal].milestones[:3]
 ]
 STATUSES = ("not_started", "in_progress", "at_risk", "blocked", "completed")
-KPI_PERIODS = [f"{year}-{month:02d}" for year in (2023, 2024) for month in range(1, 13)]
-"""Months that have all begun by the load's first event time (a later period is refused)."""
+KPI_PERIODS = [f"{year}-Q{quarter}" for year in (2023, 2024) for quarter in range(1, 5)]
+"""Quarters (the KPI's frequency) that have all begun by the load's first event time (a
+later period is refused)."""
 
 Key = tuple[str, str]
 

@@ -437,20 +437,31 @@ async def test_kpi_return_for_a_period_not_yet_begun_is_422(
 ) -> None:
     reporter = tokens.create("northern-gritstone")[0]
     today = datetime.now(UTC).date()
-    current_month = f"{today.year}-{today.month:02d}"
     current_quarter = f"{today.year}-Q{(today.month - 1) // 3 + 1}"
-    begun = [kpi(period=p) for p in (str(today.year), current_quarter, current_month)]
-    answer = await service.post(begun, content_type=CE_BATCH, token=reporter)
+    answer = await service.post(kpi(period=current_quarter), token=reporter)
     assert answer.status_code == 202, answer.text
 
-    future = kpi(period="2062")
+    future = kpi(period="2062-Q1")
     response = await service.post(future, token=reporter)
 
     problem = assert_problem(response, 422, "invalid")
     [error] = problem["errors"]
     assert (error["id"], error["field"]) == (future["id"], "data.period")
-    assert error["reason"].startswith("2062 begins on 2062-01-01, after the event's time")
+    assert error["reason"].startswith("2062-Q1 begins on 2062-01-01, after the event's time")
     assert await stream.landed([future["id"]], source="northern-gritstone") == []
+
+
+@pytest.mark.parametrize("period", ["2025", "2025-07"])
+async def test_kpi_return_for_a_period_of_another_frequency_is_422(
+    service: Ingest, stream: StreamProbe, tokens: TokenStore, period: str
+) -> None:
+    reporter = tokens.create("northern-gritstone")[0]
+    wrong = kpi(period=period)  # early-stage-finance is reported quarterly
+    problem = assert_problem(await service.post(wrong, token=reporter), 422, "invalid")
+    [error] = problem["errors"]
+    assert (error["id"], error["field"]) == (wrong["id"], "data.period")
+    assert f"{period} is a" in error["reason"] and "reported quarterly" in error["reason"]
+    assert await stream.landed([wrong["id"]], source="northern-gritstone") == []
 
 
 async def test_an_empty_batch_is_accepted_and_publishes_nothing(

@@ -41,12 +41,33 @@ ROUTES = [
         "operations,column-devolution",
     ),
     ({"alertname": "AggregatorBacklogGrowing", "instance": "aggregator:8000"}, "operations"),
+    (
+        {
+            "alertname": "ReporterSilent",
+            "column": "devolution",
+            "authority": "greater-manchester",
+            "obligation": "1a",
+            "kind": "update",
+        },
+        "column-devolution",
+    ),
+    (
+        {
+            "alertname": "ReporterSilent",
+            "column": "business",
+            "authority": "np11",
+            "obligation": "exports",
+            "kind": "kpi",
+        },
+        "column-business",
+    ),
 ]
 TEAM = {
     "ProposalStalled": "programme",
     "MilestoneOverdue": "programme",
     "ProposalRed": "programme",
     "KpiOffTrajectory": "programme",
+    "ReporterSilent": "programme",
 }
 
 
@@ -226,18 +247,83 @@ def test_a_column_service_down_inhibits_its_columns_stalls_and_refusals(alertman
                 reason="forbidden",
             ),
             alert(
+                case="own-silent",
+                alertname="ReporterSilent",
+                service="aggregator",
+                column="devolution",
+                authority="greater-manchester",
+                obligation="1a",
+                kind="update",
+            ),
+            alert(
                 case="other-stall",
                 alertname="ProposalStalled",
                 service="aggregator",
                 column="business",
                 proposal="3b",
             ),
+            alert(
+                case="other-silent",
+                alertname="ReporterSilent",
+                service="aggregator",
+                column="business",
+                authority="np11",
+                obligation="exports",
+                kind="kpi",
+            ),
         ],
     )
     assert inhibited(found["own-stall"])
     assert inhibited(found["own-refusals"])
+    assert inhibited(found["own-silent"])
     assert not inhibited(found["other-stall"])
+    assert not inhibited(found["other-silent"])
     assert {r["name"] for r in found["ingest-down"]["receivers"]} == {
         "operations",
         "column-devolution",
+    }
+
+
+def test_a_columns_silent_reporters_are_grouped_by_authority(alertmanager: str) -> None:
+    """One notification per authority to call, apart from the column's proposal alerts."""
+    silent = {"alertname": "ReporterSilent", "team": "programme", "column": "devolution"}
+    post_and_read(
+        alertmanager,
+        [
+            alert(
+                case="gm-update",
+                **silent,
+                authority="greater-manchester",
+                obligation="1a",
+                kind="update",
+            ),
+            alert(
+                case="gm-kpi",
+                **silent,
+                authority="greater-manchester",
+                obligation="rd-boost-gva",
+                kind="kpi",
+            ),
+            alert(
+                case="np11-kpi", **silent, authority="np11", obligation="rd-boost-gva", kind="kpi"
+            ),
+            alert(
+                case="stall",
+                alertname="ProposalStalled",
+                team="programme",
+                column="devolution",
+                proposal="1a",
+            ),
+        ],
+    )
+    groups = httpx.get(alertmanager + "/api/v2/alerts/groups", timeout=5).raise_for_status()
+    cases = {
+        frozenset(a["labels"]["case"] for a in g["alerts"])
+        for g in groups.json()
+        if g["receiver"]["name"] == "column-devolution"
+    }
+    assert cases == {
+        frozenset({"gm-update", "gm-kpi"}),
+        frozenset({"np11-kpi"}),
+        frozenset({"stall"}),
     }

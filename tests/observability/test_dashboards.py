@@ -33,6 +33,25 @@ from shared.natsserver import free_port
 from .support import REPO, alert_rules
 
 METRIC = re.compile(r"\b(cotn_[a-z_]+|up)\b")
+REPORTING_METRICS = {
+    "cotn_reporting_returns",
+    "cotn_reporting_completeness_ratio",
+    "cotn_reporting_timeliness_ratio",
+    "cotn_reporter_silent",
+    "cotn_reviews_waiting",
+    "cotn_reviews_returned",
+    "cotn_events_kept_aside",
+    "cotn_kpi_actual_approved",
+    "cotn_kpi_returns",
+}
+"""What the aggregator exports about returns and reviews (services/aggregator/metrics.py)."""
+BY_AUTHORITY = {
+    "cotn_reporting_returns",
+    "cotn_reporting_completeness_ratio",
+    "cotn_reporting_timeliness_ratio",
+    "cotn_reporter_silent",
+}
+"""Those of them labelled by authority (and column)."""
 
 
 def dashboards() -> dict[str, dict[str, Any]]:
@@ -85,9 +104,15 @@ def test_cotn_dashboards_build_writes_the_same_files(tmp_path: Path) -> None:
 # -- what every dashboard has -----------------------------------------------------------------
 
 
-def test_the_four_dashboards_have_stable_uids_named_like_their_files() -> None:
+def test_the_dashboards_have_stable_uids_named_like_their_files() -> None:
     boards = dashboards()
-    assert set(BUILDERS) == {"cotn-overview", "cotn-column", "cotn-kpis", "cotn-operations"}
+    assert set(BUILDERS) == {
+        "cotn-overview",
+        "cotn-column",
+        "cotn-kpis",
+        "cotn-operations",
+        "cotn-reporting",
+    }
     for name, board in boards.items():
         assert name == f"{board['uid']}.json"
 
@@ -126,6 +151,30 @@ def test_the_column_board_is_one_dashboard_with_a_column_variable() -> None:
     variables = {v["name"]: v for v in board["templating"]["list"]}
     assert variables["column"]["query"] == "label_values(cotn_proposal_info, column)"
     assert all('column="$column"' in expr for expr in expressions(board))
+
+
+def test_the_reporting_board_filters_by_column_and_authority() -> None:
+    """Each query filters by the variables its metric carries: the returns metrics by column
+    and authority, the review queue by column; KPI approvals are per KPI only."""
+    board = dashboards()["cotn-reporting.json"]
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["column"]["query"] == "label_values(cotn_reporting_returns, column)"
+    assert variables["authority"]["query"] == (
+        'label_values(cotn_reporting_returns{column=~"$column"}, authority)'
+    )
+    assert variables["column"]["multi"] and variables["authority"]["multi"]
+    for expr in expressions(board):
+        names = set(METRIC.findall(expr))
+        if names <= {"cotn_kpi_actual_approved", "cotn_kpi_returns"}:
+            continue  # per KPI: no column, no authority
+        assert 'column=~"$column"' in expr, expr
+        if names & BY_AUTHORITY:
+            assert 'authority=~"$authority"' in expr, expr
+
+
+def test_the_reporting_board_reads_every_reporting_metric() -> None:
+    used = {n for e in expressions(dashboards()["cotn-reporting.json"]) for n in METRIC.findall(e)}
+    assert REPORTING_METRICS <= used, REPORTING_METRICS - used
 
 
 def test_queries_and_rules_read_only_metrics_the_services_export(catalogue: Catalogue) -> None:

@@ -6,7 +6,9 @@ Prometheus scrapes it every second with the project's own scrape jobs and rules 
 rewritten to the test's ports, ProposalStalled's ``for`` set to 0s) and sends its alerts to
 a real Alertmanager with the project's routing. Then:
 
-- every query of every dashboard panel and annotation (variables substituted) returns data;
+- every query of every dashboard panel and annotation (variables substituted) returns data,
+  but those reading only metrics absent until a return is due (none is: the programme
+  starts today), which Prometheus must accept;
 - ProposalStalled fires for 3a, agreeing with ``cotn_proposal_stalled``, and reaches the
   business column's receiver; it resolves once a milestone event is posted, and does not
   come back after the proposal's milestones are all completed.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 import uuid
@@ -46,7 +49,21 @@ STALL_THRESHOLD = 10  # seconds: long enough to see the alert resolve before it 
 AUTHORITY = "greater-manchester"  # a partner of every proposal
 KPI = "life-sciences-jobs"
 KPI_REPORTER = "nhsa"
-SUBSTITUTIONS = {"$column": "business", "$kpi": KPI, "$__rate_interval": "1m"}
+METRIC = re.compile(r"\b(cotn_[a-z_]+|up)\b")
+DUE_ONLY = {
+    "cotn_reporting_completeness_ratio",
+    "cotn_reporting_timeliness_ratio",
+    "cotn_reporter_silent",
+}
+"""Metrics exported only once a return is due: the test's programme starts today, so none is
+(their rules and panels are proven by promtool's tests and the aggregator's own)."""
+# $authority is a multi-value variable: ".+" is what its "All" matches.
+SUBSTITUTIONS = {
+    "$column": "business",
+    "$kpi": KPI,
+    "$authority": ".+",
+    "$__rate_interval": "1m",
+}
 
 
 def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 30) -> T:
@@ -369,9 +386,13 @@ def test_stall_alert_and_every_dashboard_query(live: Live) -> None:
         "3a's milestones to be completed",
     )
 
-    # 5. Every panel and annotation query of every dashboard has data.
+    # 5. Every panel and annotation query of every dashboard has data (those that read only
+    # metrics absent until a return is due are run, and must be accepted, but may be empty).
     empty = []
     for name, title, expr in dashboard_queries():
+        if set(METRIC.findall(expr)) <= DUE_ONLY:
+            live.query(expr)
+            continue
         try:
             wait_for(partial(live.query, expr), expr, timeout=10)
         except AssertionError:

@@ -23,6 +23,7 @@ EXPECTED_ALERTS = {
     "MilestoneOverdue",
     "ProposalRed",
     "KpiOffTrajectory",
+    "ReporterSilent",
     "AuthorityEventsRejected",
     "AggregatorBacklogGrowing",
     "DeadLetters",
@@ -96,3 +97,23 @@ def test_the_stall_rule_is_generic() -> None:
     assert not re.search(r'proposal\s*=~?\s*"', expr)
     assert "cotn_proposal_stall_threshold_seconds" in expr
     assert "cotn_proposal_unfinished_milestones) > 0" in expr
+
+
+def test_a_silent_reporter_is_one_alert_per_obligation_not_per_period() -> None:
+    """Kept by authority and obligation (and column, for routing): a new period neither
+    resolves it nor fires it again, and it is told apart from a stall or an overdue date."""
+    rule = alert_rules()["ReporterSilent"]
+    grouping = re.search(r"max by \(([^)]*)\) \(cotn_reporter_silent\)", rule["expr"])
+    assert grouping, rule["expr"]
+    assert {g.strip() for g in grouping.group(1).split(",")} == {
+        "column",
+        "authority",
+        "obligation",
+        "kind",
+    }
+    assert rule["labels"]["severity"] == "warning"
+    assert "rag" not in rule["labels"]  # a silent reporter does not rate the proposal
+    text = rule["annotations"]["summary"] + rule["annotations"]["description"]
+    assert "stalled proposal" in text and "overdue milestone" in text
+    for label in ("authority", "obligation", "column"):
+        assert f"$labels.{label}" in text

@@ -36,6 +36,7 @@ from services.cli.nats import DEPLOY_CONFIG, deployment_config, setup_bus
 from services.cli.run import plan_stack
 from services.cli.supervisor import Part, Supervisor
 from services.ingest.claims import Claim, claim, claim_key, withdraw
+from services.ingest.locks import LockWatcher
 from services.ingest.settings import IngestSettings
 from shared.bus import (
     AGGREGATOR_DURABLE,
@@ -60,6 +61,7 @@ from shared.natsauth import (
     without_credentials,
 )
 from shared.natsserver import NatsServer, free_port, nats_server_binary
+from shared.reviews import LOCKS_BUCKET, LOCKS_STREAM, Lock, kpi_target, milestone_target
 from shared.tokens import TokenStore
 from tests.aggregator.harness import eventually
 from tests.aggregator.harness import settings_for as aggregator_settings_for
@@ -236,10 +238,69 @@ async def test_a_column_service_cannot_listen_to_events_or_other_inboxes(
         assert "subscription" in await session.violation(subject)
 
 
+# -- the locks bucket ------------------------------------------------------------------------
+
+LOCK = Lock(
+    kpi_target("early-stage-finance", "2019-Q4", "northern-gritstone"),
+    "approve",
+    "office/jane",
+    "2026-07-10T09:00:00Z",
+    "perm-review-1",
+)
+
+
+async def test_the_aggregator_puts_reads_and_deletes_locks(
+    server: NatsServer, passwords: dict[str, str]
+) -> None:
+    target = milestone_target("1a", "joint-position")
+    async with connected(server, AGGREGATOR_USER, passwords) as (client, session):
+        bucket = await client.jetstream(timeout=5).key_value(LOCKS_BUCKET)  # stream info
+        revision = await bucket.put(target, LOCK._replace(target=target).encode())
+        assert Lock.decode((await bucket.get(target)).value or b"").target == target  # direct
+        await bucket.delete(target, last=revision)  # a reopen
+        with pytest.raises(nats.js.errors.KeyNotFoundError):
+            await bucket.get(target)
+    assert not [e for e in session.errors if "permissions violation" in e]
+
+
+async def test_a_column_service_watches_the_locks_but_cannot_put_one(
+    server: NatsServer, passwords: dict[str, str]
+) -> None:
+    async with connected(server, AGGREGATOR_USER, passwords) as (client, _):
+        locks = await client.jetstream(timeout=5).key_value(LOCKS_BUCKET)
+        await locks.put(LOCK.target, LOCK.encode())
+    async with connected(server, ingest_user("collaboration"), passwords) as (client, session):
+        watcher = LockWatcher(timeout=5, retry_wait=0.1)
+        watching = asyncio.create_task(watcher.run(client))
+
+        async def watched() -> Lock | None:
+            return watcher.lock_of(LOCK.target)
+
+        try:
+            assert await eventually(watched, "the lock, watched") == LOCK
+            assert watcher.loaded
+        finally:
+            watching.cancel()
+        assert not [e for e in session.errors if "permissions violation" in e]
+
+        await assert_publish_refused(
+            client, session, f"$KV.{LOCKS_BUCKET}.{LOCK.target}", LOCKS_STREAM
+        )
+        # Nor may it read the aggregator's way (direct get) or manage the bucket.
+        for subject in (
+            f"$JS.API.DIRECT.GET.{LOCKS_STREAM}.$KV.{LOCKS_BUCKET}.{LOCK.target}",
+            f"$JS.API.STREAM.PURGE.{LOCKS_STREAM}",
+            f"$JS.API.CONSUMER.DELETE.{LOCKS_STREAM}.x",
+        ):
+            with pytest.raises(nats.errors.TimeoutError):
+                await client.request(subject, b"{}", timeout=REFUSAL_WAIT)
+            await session.violation(subject)
+
+
 # -- the aggregator's user -----------------------------------------------------------------
 
 
-async def test_the_aggregator_cannot_publish_events(
+async def test_the_aggregator_publishes_reviews_but_no_column_event(
     server: NatsServer, passwords: dict[str, str]
 ) -> None:
     before = await last_seq(server, passwords, EVENTS_STREAM)
@@ -251,7 +312,12 @@ async def test_the_aggregator_cannot_publish_events(
             "cotn.status.business.3a", b"{}", stream=STATUS_STREAM
         )
         assert ack.stream == STATUS_STREAM
-    assert await last_seq(server, passwords, EVENTS_STREAM) == before
+        # And the office's reviews, of the review kind only.
+        review = await client.jetstream(timeout=5).publish(
+            "cotn.events.business.3a.review", b"{}", stream=EVENTS_STREAM
+        )
+        assert review.stream == EVENTS_STREAM and review.seq == before + 1
+    assert await last_seq(server, passwords, EVENTS_STREAM) == before + 1
 
 
 async def test_the_aggregator_reads_and_acks_only_its_durable_consumer(

@@ -4,15 +4,20 @@ was last used, without writing the token file on every request."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+from click.testing import Result
 from typer.testing import CliRunner
 
+from services.cli.common import EXIT_BAD_INPUT
 from services.cli.main import app
 from shared.natsserver import NatsServer
+from shared.reviews import office_source
 from shared.tokens import (
     LAST_USED_FILE,
     TOKEN_PREFIX,
@@ -21,7 +26,7 @@ from shared.tokens import (
     hash_token,
     read_last_used,
 )
-from tests.ingest.support import SOURCE, milestone, running, settings_for
+from tests.ingest.support import SOURCE, assert_problem, milestone, running, settings_for
 
 TOKEN = re.compile(r"^cotn_[A-Za-z0-9_-]{43}$")
 
@@ -127,3 +132,96 @@ def test_token_list_shows_when_each_token_was_last_used(tmp_path: Path) -> None:
     assert rows[SOURCE][3] == "2026-02-03 04:05:06"
     assert rows["lancashire"][3] == "never"
     assert idle.token_id in rows["lancashire"][0]
+
+
+# -- office tokens ----------------------------------------------------------------------------
+
+
+def test_an_office_token_is_an_office_identity_and_old_token_files_still_load(
+    tmp_path: Path,
+) -> None:
+    store = TokenStore.in_dir(tmp_path)
+    old = {"token_id": "0a0b0c0d", "authority": SOURCE, "sha256": "0" * 64, "created_at": "x"}
+    store.path.write_text(json.dumps({"tokens": [old]}))  # written before roles existed
+    [legacy] = store.list()
+    assert (legacy.role, legacy.member_of, legacy.is_office) == ("authority", None, False)
+
+    token, record = store.create_office("jane-doe", member_of="lancashire")
+
+    assert store.record_of(token) == record
+    assert record.authority == office_source("jane-doe") == "office/jane-doe"
+    assert (record.role, record.member_of, record.is_office) == ("office", "lancashire", True)
+    assert [r.role for r in TokenStore.in_dir(tmp_path).list()] == ["authority", "office"]
+
+
+@pytest.mark.parametrize("name", ["Jane", "jane doe", "-jane", "jane--doe", "office/jane", ""])
+def test_an_office_name_is_a_lowercase_slug(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ValueError, match="lowercase slug"):
+        TokenStore.in_dir(tmp_path).create_office(name)
+    assert not TokenStore.in_dir(tmp_path).path.exists()
+
+
+def cotn_token(*args: str) -> Result:
+    return CliRunner().invoke(app, ["token", *args], env={"COLUMNS": "200"})
+
+
+def test_token_create_office_issues_an_office_token(tmp_path: Path) -> None:
+    result = cotn_token(
+        "create", "--office", "jane", "--member-of", "cumbria", "--data-dir", str(tmp_path)
+    )
+
+    assert result.exit_code == 0, result.output
+    record = TokenStore.in_dir(tmp_path).record_of(result.stdout.strip())
+    assert record is not None and record.is_office
+    assert (record.authority, record.member_of) == ("office/jane", "cumbria")
+    assert "office/jane (member of cumbria)" in result.stderr
+
+    listed = cotn_token("list", "--data-dir", str(tmp_path))
+    assert "office (member of cumbria)" in listed.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--office", "Jane"], "lowercase slug"),
+        (["--office", "jane", "--member-of", "atlantis"], "unknown authority 'atlantis'"),
+        (["cumbria", "--office", "jane"], "exactly one"),
+        ([], "exactly one"),
+        (["cumbria", "--member-of", "lancashire"], "--member-of goes with --office"),
+    ],
+)
+def test_token_create_refuses_a_wrong_office(tmp_path: Path, args: list[str], says: str) -> None:
+    result = cotn_token("create", *args, "--data-dir", str(tmp_path))
+    assert result.exit_code == EXIT_BAD_INPUT
+    assert says in result.stderr
+    assert not TokenStore.in_dir(tmp_path).path.exists()
+
+
+async def test_a_column_service_refuses_an_office_token(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    store = TokenStore.in_dir(tmp_path)
+    office, _ = store.create_office("jane")
+    async with running(settings_for(nats_server.url, tmp_path), office) as service:
+        refused = await service.post(milestone(source="office/jane"))
+
+        body = assert_problem(refused, 403, "forbidden")
+        [error] = body["errors"]
+        assert error["field"] == "Authorization"
+        assert "POST /v1/reviews" in error["reason"] and "send no events" in error["reason"]
+        assert service.metric("cotn_ingest_rejections_total", authority="office") == 1
+
+
+async def test_a_review_sent_with_an_authority_token_is_refused(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    token, _ = TokenStore.in_dir(tmp_path).create(SOURCE)
+    review = {
+        **milestone(),
+        "type": "org.cotn.review.v1",
+        "data": {"action": "verify", "proposal": "2a", "milestone": "adoption-priorities"},
+    }
+    async with running(settings_for(nats_server.url, tmp_path), token) as service:
+        body = assert_problem(await service.post(review), 403, "forbidden")
+        assert [e["field"] for e in body["errors"]] == ["source"]
+        assert "office/<name>" in body["errors"][0]["reason"]
