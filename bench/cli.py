@@ -24,7 +24,7 @@ from typing import Any
 
 from rich.console import Console
 
-from bench import figures, history, scale
+from bench import figures, history, reporting, scale
 from bench.context import Context, Sizes
 from bench.harness import DEFAULT_PG, PG_ENV, ROOT, Bench, machine, pg_version, versions
 from bench.results import markdown, show, write
@@ -39,6 +39,7 @@ STEPS: dict[str, Step] = {
     "e2e": figures.e2e,
     "scale": scale.scale,
     "history": history.history,
+    "reporting": reporting.reporting,
 }
 FIGURES: dict[str, list[str]] = {
     "bare": ["raw_publish", "raw_latency", "bare_loop"],
@@ -47,6 +48,7 @@ FIGURES: dict[str, list[str]] = {
     "e2e": ["raw_publish", "e2e"],
     "scale": ["scale"],
     "history": ["history"],
+    "reporting": ["reporting"],
 }
 RESULTS_DIR = ROOT / "bench" / "results"
 

@@ -32,6 +32,9 @@ class Sizes:
     scale_milestones_per_proposal: int = 10
     scale_events: int = 1_000_000
     read_requests: int = 50
+    reporting_authorities: int = 100
+    reporting_kpis: int = 100
+    reporting_years: int = 5
 
     @classmethod
     def quick(cls, runs: int = 1) -> Sizes:
@@ -48,6 +51,9 @@ class Sizes:
             scale_milestones_per_proposal=4,
             scale_events=20_000,
             read_requests=5,
+            reporting_authorities=10,
+            reporting_kpis=10,
+            reporting_years=1,
         )
 
 

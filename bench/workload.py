@@ -249,9 +249,11 @@ def bulk_events_sql(scale: Scale, events: int) -> list[str]:
     when = "timestamptz '2025-01-01 00:00:00+00' + g * interval '20 seconds'"
     milestones = f"""
 INSERT INTO event (source, event_id, stream_seq, type, "column", proposal, milestone, kpi,
-                   event_time, received_at, data, digest)
+                   period, target, event_time, received_at, data, digest)
 SELECT 'a' || {_pad(f"{p} % {scale.authorities} + 1", 2)}, 'bulk-' || g, g, '{MILESTONE}',
-       {column}, 'p' || {_pad(f"{p} + 1", 4)}, {milestone}, NULL, {when}, {when},
+       {column}, 'p' || {_pad(f"{p} + 1", 4)}, {milestone}, NULL,
+       to_char({when}, 'YYYY-MM'), 'milestone.p' || {_pad(f"{p} + 1", 4)} || '.' || {milestone},
+       {when}, {when},
        jsonb_build_object('proposal', 'p' || {_pad(f"{p} + 1", 4)}, 'milestone', {milestone},
                           'status', ({statuses})[1 + (g / 7) % 5]),
        md5(g::text) || md5((g + 1)::text)
@@ -261,11 +263,14 @@ FROM generate_series(1, {milestone_events}) AS g
     period = f"(2017 + (g / {scale.kpis}) % 8)::text || '-Q' || ((g / {8 * scale.kpis}) % 4 + 1)"
     kpis = f"""
 INSERT INTO event (source, event_id, stream_seq, type, "column", proposal, milestone, kpi,
-                   event_time, received_at, data, digest)
+                   period, target, event_time, received_at, data, digest)
 SELECT 'a' || {_pad(f"{k} % {scale.authorities} + 1", 2)}, 'bulk-kpi-' || g,
        {milestone_events} + g, '{KPI}',
        'c' || {_pad(f"{k} * {scale.columns} / {scale.proposals} + 1", 2)},
-       'p' || {_pad(f"{k} + 1", 4)}, NULL, 'k' || {_pad(f"{k} + 1", 2)}, {when}, {when},
+       'p' || {_pad(f"{k} + 1", 4)}, NULL, 'k' || {_pad(f"{k} + 1", 2)}, {period},
+       'kpi.k' || {_pad(f"{k} + 1", 2)} || '.' || {period} || '.a'
+           || {_pad(f"{k} % {scale.authorities} + 1", 2)},
+       {when}, {when},
        jsonb_build_object('kpi', 'k' || {_pad(f"{k} + 1", 2)}, 'value', 100 + g % 97,
                           'period', {period}),
        md5(g::text) || md5((g + 2)::text)

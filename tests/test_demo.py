@@ -11,13 +11,15 @@ import pytest
 from rich.console import Console
 from runstack import RunningStack, start_stack
 
-from services.demo.feed import Feed, demo_tokens
+from services.demo.feed import Feed, demo_office_token, demo_tokens
 from services.demo.history import (
+    SILENT_AFTER,
     LiveStory,
     Post,
     Scenario,
     history,
     invalid_posts,
+    kpi_history,
     story_authorities,
 )
 from shared.catalogue import Catalogue
@@ -28,7 +30,13 @@ from shared.health import (
     programme_health,
 )
 from shared.kinds import KINDS
+from shared.kinds.kpi import KpiEvent
+from shared.kinds.milestone import TYPE as MILESTONE_TYPE
 from shared.kinds.milestone import MilestoneEvent
+from shared.kinds.update import TYPE as UPDATE_TYPE
+from shared.kinds.update import UpdateEvent
+from shared.periods import frequency_of, month_of
+from shared.reporting import ReturnKey, obligations, silent_reporters, statuses, update_period
 from shared.tokens import TokenStore
 from shared.validation import check_event
 
@@ -53,11 +61,30 @@ def state_of(posts: list[Post]) -> ProgrammeState:
             key = (e.data.proposal, e.data.milestone)
             if key not in milestones or milestones[key].event_time <= e.time:
                 milestones[key] = MilestoneState(*key, e.data.status, e.time, e.source, e.id)
-        else:
+        elif isinstance(e, KpiEvent):
             kpis.setdefault(e.data.kpi, []).append(
                 KpiObservation(e.data.kpi, e.data.period, e.data.value, e.time, e.source)
             )
     return ProgrammeState(milestones, kpis)
+
+
+def received_by_event_time(catalogue: Catalogue, posts: list[Post]) -> dict[ReturnKey, datetime]:
+    """Each return's key and when the story means it to arrive: its event's time (a real run
+    receives the whole backfill now, so all of it is late there)."""
+    received: dict[ReturnKey, datetime] = {}
+    for post in posts:
+        e = KINDS.parse(post.event)
+        if isinstance(e, KpiEvent):
+            key: ReturnKey | None = ("kpi", e.data.kpi, e.source, e.data.period)
+        elif isinstance(e, MilestoneEvent | UpdateEvent):
+            named = getattr(e.data, "period", None) or month_of(e.time)
+            period = update_period(catalogue, e.data.proposal, named)
+            key = ("update", e.data.proposal, e.source, period) if period else None
+        else:
+            key = None
+        if key is not None and (key not in received or e.time < received[key]):
+            received[key] = e.time
+    return received
 
 
 def test_history_is_valid_past_and_uniquely_identified(catalogue: Catalogue) -> None:
@@ -91,6 +118,72 @@ def test_history_shows_a_stall_and_a_kpi_off_trajectory(catalogue: Catalogue) ->
     assert any(p.rag == "green" for p in health.proposals.values())
 
 
+def test_every_reporter_returns_each_quarter_but_the_silent_authority(
+    catalogue: Catalogue,
+) -> None:
+    scenario = Scenario.for_catalogue(catalogue)
+    assert scenario.silent == "cumbria"
+    assert scenario.silent not in {p.updates.by[0] for p in catalogue.proposals if p.updates}
+    returns: dict[tuple[str, str], list[str]] = {}
+    for post in kpi_history(catalogue, scenario, NOW):
+        data = post.event["data"]
+        returns.setdefault((data["kpi"], post.authority), []).append(data["period"])
+        assert frequency_of(data["period"]) == "quarterly"
+    for kpi in catalogue.kpis:
+        quarters = returns[(kpi.id, kpi.reporters[0])]
+        assert len(quarters) >= 3
+        for reporter in kpi.reporters:
+            expected = quarters[:SILENT_AFTER] if reporter == scenario.silent else quarters
+            assert returns[(kpi.id, reporter)] == expected, (kpi.id, reporter)
+    # Each reporter's own figure, a little apart from the others'.
+    exports = {
+        p.event["data"]["value"]
+        for p in kpi_history(catalogue, scenario, NOW)
+        if p.event["data"]["kpi"] == "exports" and p.event["data"]["period"] == quarters[-1]
+    }
+    assert len(exports) > 1
+
+
+def test_the_stalled_proposal_says_no_change_each_quarter(catalogue: Catalogue) -> None:
+    scenario = Scenario.for_catalogue(catalogue)
+    posts = history(catalogue, scenario, NOW)
+    stalled = catalogue.proposal_by_id[str(scenario.stalled)]
+    assert stalled.updates is not None
+    updates = [p for p in posts if p.event["type"] == UPDATE_TYPE]
+    assert updates and {p.event["data"]["proposal"] for p in updates} == {stalled.id}
+    assert all(p.authority == stalled.updates.by[0] for p in updates)
+    assert all(p.event["data"]["status"] == "no_change" for p in updates)
+    assert all(p.event["data"]["note"] for p in updates)
+    last_milestone = max(
+        p.time
+        for p in posts
+        if p.event["type"] == MILESTONE_TYPE and p.event["data"]["proposal"] == stalled.id
+    )
+    periods = [p.event["data"]["period"] for p in updates]
+    # Every quarter since the last milestone event, up to the last one ended a week ago.
+    assert periods == ["2025-Q4", "2026-Q1", "2026-Q2", "2026-Q3"]
+    assert all(p.time > last_milestone for p in updates)
+
+
+def test_rated_as_the_story_means_one_authority_is_silent_and_no_lead(
+    catalogue: Catalogue,
+) -> None:
+    scenario = Scenario.for_catalogue(catalogue)
+    posts = history(catalogue, scenario, NOW)
+    today = NOW.date()
+    found = statuses(obligations(catalogue, today), received_by_event_time(catalogue, posts), today)
+    silent = silent_reporters(found)
+    assert [(s.kind, s.ref, s.authority) for s in silent] == [("kpi", "exports", "cumbria")]
+    assert silent[0].periods[0] == "2025-Q3"
+    assert not [s for s in found if s.state == "late"]
+    updates = [s for s in found if s.obligation.kind == "update"]
+    assert {s.state for s in updates} <= {"on_time", "pending"}
+    assert any(s.obligation.ref == scenario.stalled and s.state == "on_time" for s in updates)
+    # The board still shows the stalled proposal stalled: "no change" moves no milestone.
+    health = programme_health(catalogue, state_of(posts), NOW)
+    assert health.proposals[str(scenario.stalled)].stalled
+
+
 def test_history_ids_do_not_depend_on_when_the_demo_runs(catalogue: Catalogue) -> None:
     scenario = Scenario.for_catalogue(catalogue)
     today = {(p.authority, p.event_id): p.event for p in history(catalogue, scenario, NOW)}
@@ -121,6 +214,23 @@ def test_live_story_posts_valid_events_and_some_refused(catalogue: Catalogue) ->
     proposals = {p.event["data"].get("proposal") for p in posts if p not in refused}
     assert not proposals & {scenario.stalled, scenario.late, scenario.blocked}
     assert len({(p.authority, p.event_id) for p in posts}) == len(posts)
+    kpis = [p for p in posts if "kpi" in p.event["data"]]
+    assert kpis and {p.event["data"]["period"] for p in kpis} == {"2026-Q4"}
+    assert scenario.silent not in {p.authority for p in posts}
+
+
+def test_live_kpi_reports_use_each_kpis_frequency(catalogue: Catalogue) -> None:
+    scenario = Scenario.for_catalogue(catalogue)
+    story = LiveStory(catalogue, scenario, history(catalogue, scenario, NOW))
+    now = datetime(2026, 5, 3, 9, 30, tzinfo=UTC)
+    posts = [story.next(now + timedelta(seconds=i)) for i in range(1, 61)]
+    kpis = [p for p in posts if "kpi" in p.event["data"]]
+    assert {p.event["data"]["kpi"] for p in kpis} == {
+        k.id for k in catalogue.kpis if k.id != scenario.lagging_kpi
+    }
+    for post in kpis:
+        assert post.event["data"]["period"] == "2026-Q2"
+        assert problems(catalogue, post, now + timedelta(minutes=2)) == []
 
 
 def test_demo_tokens_are_revoked_when_the_demo_ends(tmp_path, catalogue: Catalogue) -> None:
@@ -129,6 +239,15 @@ def test_demo_tokens_are_revoked_when_the_demo_ends(tmp_path, catalogue: Catalog
         assert store.authority_of(tokens["np11"]) == "np11"
     assert store.authority_of(tokens["np11"]) is None
     assert all(r.revoked_at for r in store.list())
+
+
+def test_the_office_token_is_revoked_when_the_demo_ends(tmp_path) -> None:
+    store = TokenStore.in_dir(tmp_path)
+    with demo_office_token(store) as token:
+        record = store.record_of(token)
+        assert record is not None and record.is_office
+        assert record.authority == "office/demo"
+    assert store.record_of(token) is None
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +273,28 @@ def test_demo_shows_a_stalled_proposal_and_a_kpi_off_trajectory(demo_stack: Runn
 
 
 @pytest.mark.slow
+def test_demo_office_approves_returns_and_a_late_correction_is_locked(
+    demo_stack: RunningStack,
+) -> None:
+    output = demo_stack.wait_for_output("A correction of the approved return", timeout=60)
+    output = demo_stack.wait_for_output("refused 409", timeout=30)
+    lines = output.splitlines()
+    approved = next(line for line in lines if "office/demo approve rd-boost-gva" in line)
+    assert "from np11: approved" in approved
+    returned = next(line for line in lines if "office/demo return life-sciences-gva" in line)
+    assert "from nhsa" in returned and "Please confirm the figure" in returned
+    assert returned.rstrip().endswith("returned")
+    refused = next(line for line in lines if "refused 409" in line)
+    assert "np11 -> " in refused and "rd-boost-gva" in refused and "locked" in refused
+    reporting = httpx.get(demo_stack.url + "/v1/reporting", timeout=5).json()
+    silent = {(s["authority"], s["obligation"]) for s in reporting["silent"]}
+    assert ("cumbria", "exports") in silent
+    assert not {s for s in silent if s[1] == "3b"}
+    queue = httpx.get(demo_stack.url + "/v1/reviews", timeout=5).json()
+    assert queue["counts"]["returned"] >= 1
+
+
+@pytest.mark.slow
 async def test_demo_backfill_sent_again_stores_nothing_new(
     demo_stack: RunningStack, catalogue: Catalogue
 ) -> None:
@@ -169,5 +310,7 @@ async def test_demo_backfill_sent_again_stores_nothing_new(
         finally:
             await feed.aclose()
     assert tally.accepted == 0
-    assert tally.duplicates == len(feed.past)
+    # The return the office approved meanwhile is locked: not sent again, not a failure.
+    assert tally.locked <= 1
+    assert tally.duplicates + tally.locked == len(feed.past)
     assert tally.failures == []

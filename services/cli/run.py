@@ -50,7 +50,7 @@ from services.cli.common import (
 from services.cli.nats import setup_bus
 from services.cli.status import BoardUnavailable, board_of, fit_board, programme_url
 from services.cli.supervisor import Part, RestartLimitExceeded, Supervisor, port_is_free
-from services.demo.feed import Feed, demo_tokens
+from services.demo.feed import Feed, demo_office_token, demo_tokens
 from services.demo.history import story_authorities
 from shared.catalogue import DEFAULT_CATALOGUE, Catalogue
 from shared.deployment import column_ports, office_port, service_name
@@ -184,7 +184,7 @@ def plan_stack(
             "--data-dir",
             str(data_dir),
             *shared_args,
-        ),  # fmt: skip
+        ),
         log=log_dir / "aggregator.log",
         port=port,
         host=HOST,
@@ -406,11 +406,22 @@ def print_endpoints(console: Console, stack: Stack, took: float) -> None:
 
 @contextlib.asynccontextmanager
 async def _demo(catalogue: Catalogue, stack: Stack, console: Console) -> AsyncIterator[Feed]:
-    """The demo feed with its own tokens, revoked when the run ends."""
+    """The demo feed with its own tokens (the authorities' and an office one, for its
+    reviews at the aggregator), revoked when the run ends."""
     store = TokenStore.in_dir(stack.data_dir)
-    with demo_tokens(store, story_authorities(catalogue)) as tokens:
+    with (
+        demo_tokens(store, story_authorities(catalogue)) as tokens,
+        demo_office_token(store) as office_token,
+    ):
         endpoints = {column: part.url for column, part in stack.columns.items()}
-        feed = Feed(catalogue=catalogue, endpoints=endpoints, tokens=tokens, console=console)
+        feed = Feed(
+            catalogue=catalogue,
+            endpoints=endpoints,
+            tokens=tokens,
+            console=console,
+            aggregator=stack.aggregator.url,
+            office_token=office_token,
+        )
         try:
             yield feed
         finally:

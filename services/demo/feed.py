@@ -2,7 +2,11 @@
 
 It uses only what a real authority system has: a column service's URL and a bearer token.
 First it backfills the story's history (batches per authority and column, with a progress
-bar), then shows a few refusals, then posts live events at a gentle pace until cancelled.
+bar), then shows a few refusals; given the aggregator's URL and an office token, it then
+plays the programme office: it approves one KPI return, returns another for correction,
+and shows the column service refusing a late correction of the approved one (409, locked).
+Then it posts live events at a gentle pace until cancelled. Sent again (a second run of the
+day), every step is answered as already done: duplicates, "already so", the same refusal.
 """
 
 from __future__ import annotations
@@ -21,7 +25,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from services.demo.history import LiveStory, Post, Scenario, history, invalid_posts
+from services.demo.history import (
+    SEND_BACK_REASON,
+    LiveStory,
+    Post,
+    Scenario,
+    correction,
+    history,
+    invalid_posts,
+    newest_return,
+)
 from shared.catalogue import Catalogue
 from shared.tokens import TokenStore
 
@@ -30,6 +43,13 @@ BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
 EVENT_CONTENT_TYPE = "application/cloudevents+json"
 RETRY_FOR = 30.0
 """Seconds to keep retrying a post while a column service restarts or its bus is away."""
+LOCK_SETTLE = 0.5
+"""Seconds between an approval and the correction the lock must refuse: the lock goes from
+the aggregator through the locks bucket to the column services' watchers."""
+OFFICE_NAME = "demo"
+"""The demo's office identity: ``office/demo``."""
+LOCKED = "locked"
+"""The code a column service gives each event it refuses because its return is locked."""
 
 
 def utc_now() -> datetime:
@@ -44,6 +64,8 @@ class Outcome:
     accepted: int = 0
     duplicates: int = 0
     problems: list[str] = field(default_factory=list)
+    locked: list[str] = field(default_factory=list)
+    """Ids of the events refused because the office has locked their return."""
 
     @property
     def ok(self) -> bool:
@@ -76,13 +98,12 @@ def outcome_of(response: httpx.Response) -> Outcome:
         answer = {}
     if response.status_code == 202:
         return Outcome(202, _count(answer, "accepted"), _count(answer, "duplicates", "duplicate"))
-    problems = [
-        f"{e.get('field', '?')}: {e.get('reason', '')}"
-        for e in answer.get("errors") or []
-        if isinstance(e, dict)
-    ]
+    errors = [e for e in answer.get("errors") or [] if isinstance(e, dict)]
+    problems = [f"{e.get('field', '?')}: {e.get('reason', '')}" for e in errors]
     return Outcome(
-        response.status_code, problems=problems or [str(answer.get("detail") or response.text)]
+        response.status_code,
+        problems=problems or [str(answer.get("detail") or response.text)],
+        locked=[str(e.get("id")) for e in errors if e.get("code") == LOCKED],
     )
 
 
@@ -92,6 +113,8 @@ class Tally:
 
     accepted: int = 0
     duplicates: int = 0
+    locked: int = 0
+    """Events not sent again because the office has locked their return since."""
     failures: list[str] = field(default_factory=list)
 
     def add(self, outcome: Outcome, batch: list[Post]) -> None:
@@ -113,8 +136,43 @@ def demo_tokens(store: TokenStore, authorities: list[str]) -> Iterator[dict[str,
             store.revoke(record.token_id)
 
 
+@contextmanager
+def demo_office_token(store: TokenStore, name: str = OFFICE_NAME) -> Iterator[str]:
+    """Issue an office token (``office/<name>``) and revoke it when the demo ends."""
+    token, record = store.create_office(name)
+    try:
+        yield token
+    finally:
+        store.revoke(record.token_id)
+
+
+@dataclass
+class Answer:
+    """What the aggregator answered to one review."""
+
+    status: int
+    body: dict[str, Any]
+
+    def describe(self) -> str:
+        """The answer, for one line of output."""
+        state = self.body.get("state", "?")
+        lock = f" ({self.body['lock']})" if self.body.get("lock") else ""
+        if self.status == 201:
+            return f"{state}{lock}"
+        if self.status == 200:
+            return f"already so: {state}{lock}"
+        errors = [e for e in self.body.get("errors") or [] if isinstance(e, dict)]
+        reasons = "; ".join(f"{e.get('field', '?')}: {e.get('reason', '')}" for e in errors)
+        what = "not sent" if self.status == 0 else f"refused {self.status}"
+        return f"{what}: {reasons or self.body.get('detail', '')}"
+
+
 class Feed:
-    """Posts the demo story to the column services at ``endpoints`` (column id -> base URL)."""
+    """Posts the demo story to the column services at ``endpoints`` (column id -> base URL).
+
+    With the aggregator's base URL and an office token, the backfill ends with the office's
+    reviews; without either, it leaves them out.
+    """
 
     def __init__(
         self,
@@ -125,11 +183,15 @@ class Feed:
         console: Console,
         clock: Callable[[], datetime] = utc_now,
         client: httpx.AsyncClient | None = None,
+        aggregator: str | None = None,
+        office_token: str | None = None,
     ):
         self.catalogue = catalogue
         self.scenario = Scenario.for_catalogue(catalogue)
         self.endpoints = endpoints
         self.tokens = tokens
+        self.aggregator = aggregator.rstrip("/") if aggregator else None
+        self.office_token = office_token
         self.console = console
         self.clock = clock
         self.client = client or httpx.AsyncClient(timeout=10.0)
@@ -187,25 +249,101 @@ class Feed:
                 f"Backfilling {first:%Y-%m} .. {last:%Y-%m}", total=len(self.past)
             )
             for batch in batches:
-                tally.add(await self.post(batch), batch)
+                tally.add(await self.post_unlocked(batch, tally), batch)
                 progress.advance(task, len(batch))
+        locked = f", {tally.locked} locked by the office (not sent again)" if tally.locked else ""
         self.console.print(
             Text(
                 f"Backfill: {len(self.past)} events, {tally.accepted} accepted, "
-                f"{tally.duplicates} duplicates (already sent), {len(tally.failures)} failed "
-                "batches"
+                f"{tally.duplicates} duplicates (already sent){locked}, "
+                f"{len(tally.failures)} failed batches"
             )
         )
         for line in tally.failures:
             self.console.print(Text(f"  ✗ {line}", style="red"), soft_wrap=True)
         await self.show_refusals()
+        await self.show_reviews()
         return tally
+
+    async def post_unlocked(self, batch: list[Post], tally: Tally) -> Outcome:
+        """Post a batch; when the only refusal is of events whose return the office has
+        locked since they were first sent (a second run), post the rest without them."""
+        outcome = await self.post(batch)
+        if outcome.status != 409 or not outcome.locked:
+            return outcome
+        if len(outcome.locked) != len(outcome.problems):
+            return outcome
+        held = set(outcome.locked)
+        rest = [p for p in batch if p.event_id not in held]
+        tally.locked += len(batch) - len(rest)
+        return await self.post(rest) if rest else Outcome(202)
 
     async def show_refusals(self) -> None:
         """Post the careless events and show how the column services refuse them."""
         self.console.print(Text("Events a misconfigured system sends, and the answers:"))
         for post in invalid_posts(self.catalogue, self.clock()):
             self.report(post, await self.post([post]))
+
+    async def show_reviews(self) -> None:
+        """As the programme office: approve one return, return another for correction, then
+        send a correction of the approved one, which its column service refuses as locked.
+        Skipped without the aggregator's URL or an office token."""
+        if self.aggregator is None or self.office_token is None:
+            return
+        approve = self._newest(self.scenario.approve)
+        send_back = self._newest(self.scenario.send_back)
+        if approve is None and send_back is None:
+            return
+        self.console.print(Text("The programme office reviews returns, and the answers:"))
+        if approve is not None:
+            await self.review(approve, "approve")
+        if send_back is not None:
+            await self.review(send_back, "return", SEND_BACK_REASON)
+        if approve is not None:
+            await asyncio.sleep(LOCK_SETTLE)
+            late = correction(self.catalogue, approve, self.clock())
+            self.console.print(Text("A correction of the approved return, sent after it:"))
+            self.report(late, await self.post([late]))
+
+    def _newest(self, which: tuple[str, str] | None) -> Post | None:
+        return newest_return(self.past, *which) if which else None
+
+    async def review(self, post: Post, action: str, reason: str | None = None) -> Answer:
+        """Post one review of ``post``'s return to ``POST /v1/reviews`` and print the answer.
+
+        Retries while the aggregator has not yet stored the return (a 422 naming the
+        period), cannot be reached, or answers 503; gives up after ``RETRY_FOR`` seconds.
+        """
+        assert self.aggregator is not None
+        data = post.event["data"]
+        body = {
+            "action": action,
+            "kpi": data["kpi"],
+            "period": data["period"],
+            "reporter": post.authority,
+            **({"reason": reason} if reason else {}),
+        }
+        headers = {"Authorization": f"Bearer {self.office_token}"}
+        url = f"{self.aggregator}/v1/reviews"
+        deadline = asyncio.get_running_loop().time() + RETRY_FOR
+        while True:
+            try:
+                response = await self.client.post(url, json=body, headers=headers)
+            except httpx.TransportError as exc:
+                answer = Answer(0, {"detail": f"cannot reach {url}: {exc!s}"})
+            else:
+                answer = Answer(response.status_code, _json_object(response))
+                if not _not_stored_yet(answer) and response.status_code != 503:
+                    break
+            if asyncio.get_running_loop().time() + 0.5 > deadline:
+                break
+            await asyncio.sleep(0.5)
+        what = f"{action} {data['kpi']} {data['period']} from {post.authority}"
+        because = f" ({reason!r})" if reason else ""
+        line = Text(f"{self.clock():%H:%M:%S} office/{OFFICE_NAME} {what}{because}: ")
+        line.append(answer.describe(), style="green" if answer.status in (200, 201) else "red")
+        self.console.print(line, soft_wrap=True)
+        return answer
 
     def report(self, post: Post, outcome: Outcome) -> None:
         """One line per event: who sent what, and what the column service answered."""
@@ -233,6 +371,25 @@ class Feed:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any]:
+    try:
+        answer = response.json()
+    except ValueError:
+        return {"detail": response.text}
+    return answer if isinstance(answer, dict) else {"detail": response.text}
+
+
+def _not_stored_yet(answer: Answer) -> bool:
+    """A 422 saying no such return was received: the aggregator has not stored it yet."""
+    errors = answer.body.get("errors") or []
+    return answer.status == 422 and any(
+        isinstance(e, dict)
+        and e.get("field") == "period"
+        and "was received" in str(e.get("reason"))
+        for e in errors
+    )
 
 
 def _sender(post: Post) -> tuple[str, str]:

@@ -2,13 +2,19 @@
 
 Pure functions of the catalogue and a clock, so the story can be tested without a server.
 Milestones move from ``not_started`` through ``in_progress`` to ``completed`` around their
-due dates, with monthly progress reports and the odd risk; KPIs are reported quarterly
-near their trajectories. Four parts of the story are there to be seen on the board:
+due dates, with monthly progress reports and the odd risk; every reporter of every KPI
+returns its figure each quarter (by the KPI's own frequency), near the trajectory with a
+little noise of its own; each proposal's lead (``updates.by[0]`` in the catalogue) gives a
+progress update every update period: a milestone event in it, or else an
+``org.cotn.update.v1`` "no change". The parts of the story there to be seen on the board:
 
-- one proposal stalls (its last milestone event is long ago),
+- one proposal stalls (its last milestone event is long ago) but is not silent: its lead
+  says "no change" every quarter,
 - one runs late (a milestone overdue and at risk),
 - one is blocked,
-- one KPI lags well below its trajectory.
+- one KPI lags well below its trajectory,
+- one authority goes silent: it returned its KPI figures for its first two quarters, then
+  stopped (``Scenario.silent``), so it is the one silent reporter of the reporting view.
 
 Event ids are derived from what an event says (proposal, milestone, status, date), never
 from when the demo runs, so playing the history again on the same data sends duplicates,
@@ -28,24 +34,23 @@ from shared.catalogue import Catalogue, Kpi, Proposal
 from shared.health import kpi_expected
 from shared.kinds.kpi import TYPE as KPI_TYPE
 from shared.kinds.milestone import TYPE as MILESTONE_TYPE
-from shared.periods import period_end
+from shared.kinds.update import TYPE as UPDATE_TYPE
+from shared.periods import Frequency, month_of, period_end, period_of, within
+from shared.reporting import next_period
 
 DEMO_ID_PREFIX = "demo"
 REPORT_LAG = timedelta(days=21)
 """How long after a quarter ends its KPI figures are reported."""
 UPDATE_EVERY = timedelta(days=35)
 """How often a milestone in progress gets a progress report."""
-
-# Who reports what in the story, when the catalogue has them; anyone allowed otherwise.
-_PREFERRED_REPORTERS = {
-    "1a": "greater-manchester",
-    "2a": "innovate-uk",
-    "2b": "northern-gritstone",
-    "3a": "liverpool-city-region",
-    "3b": "np11",
-    "prevention": "nhsa",
-    "ai-cluster": "northern-universities",
-}
+NO_CHANGE_LAG = timedelta(days=7)
+"""How long after an update period ends a lead with no milestone news says "no change"."""
+SILENT_AFTER = 2
+"""How many quarters the silent authority returns its figures before it stops."""
+DEFAULT_FREQUENCY: Frequency = "quarterly"
+"""A KPI's reporting frequency when the catalogue gives it no ``returns``."""
+SEND_BACK_REASON = "Please confirm the figure against the ONS release"
+"""Why the office returns the story's returned KPI figure for correction."""
 _NOTES = (
     "Partners' working group met; actions on track",
     "Draft circulated to leaders for comment",
@@ -75,12 +80,25 @@ class Post:
 
 @dataclass(frozen=True)
 class Scenario:
-    """Which proposals and KPI carry the story's visible troubles."""
+    """Which proposals, KPI and authority carry the story's visible troubles, and which KPI
+    returns the programme office reviews.
+
+    ``silent`` is an authority that returns its KPI figures for its first ``SILENT_AFTER``
+    quarters and then stops: a silent reporter, told apart from the ``stalled`` proposal
+    (whose lead keeps saying "no change"). It is chosen among KPI reporters that lead no
+    proposal and are no KPI's first reporter (who sends the live figures), so its silence
+    touches nothing else. ``approve`` and ``send_back`` are (KPI, reporter): the office
+    approves the newest backfilled return of the first, then a correction of it is refused
+    as locked; it returns the second's newest for correction.
+    """
 
     stalled: str | None
     late: str | None
     blocked: str | None
     lagging_kpi: str | None
+    silent: str | None = None
+    approve: tuple[str, str] | None = None
+    send_back: tuple[str, str] | None = None
 
     @classmethod
     def for_catalogue(cls, catalogue: Catalogue) -> Scenario:
@@ -94,11 +112,27 @@ class Scenario:
 
         kpis = [k.id for k in catalogue.kpis]
         lagging = "early-stage-finance" if "early-stage-finance" in kpis else next(iter(kpis), None)
+        busy = {reporter_of(p) for p in catalogue.proposals} | {
+            k.reporters[0] for k in catalogue.kpis
+        }
+        quiet = [a for k in catalogue.kpis for a in k.reporters if a not in busy]
+        silent = "cumbria" if "cumbria" in quiet else next(iter(quiet), None)
+        returns = [(k.id, r) for k in catalogue.kpis if k.id != lagging for r in k.reporters]
+        returns = [r for r in returns if r[1] != silent]
+
+        def review(preferred: tuple[str, str], fallback_index: int) -> tuple[str, str] | None:
+            if preferred in returns:
+                return preferred
+            return returns[fallback_index] if len(returns) > fallback_index else None
+
         return cls(
             stalled=pick("3b", -1),
             late=pick("2b", 1),
             blocked=pick("prevention", 2),
             lagging_kpi=lagging,
+            silent=silent,
+            approve=review(("rd-boost-gva", "np11"), 0),
+            send_back=review(("life-sciences-gva", "nhsa"), 1),
         )
 
     def role_of(self, proposal_id: str) -> str:
@@ -128,13 +162,20 @@ def at(day: date, hour: int = 9) -> datetime:
 
 
 def reporter_of(proposal: Proposal) -> str:
-    preferred = _PREFERRED_REPORTERS.get(proposal.id)
-    return preferred if preferred in proposal.partners else proposal.partners[0]
+    """The partner reporting ``proposal``'s milestones: the lead who owes its progress
+    updates (``updates.by[0]``), or its first partner in a catalogue without updates."""
+    return proposal.updates.by[0] if proposal.updates else proposal.partners[0]
 
 
 def kpi_reporter(catalogue: Catalogue, kpi: Kpi) -> tuple[str, str]:
-    """The authority reporting ``kpi`` and the column service it posts to."""
+    """The authority sending ``kpi``'s live figures (its first reporter) and the column
+    service it posts to."""
     return kpi.reporters[0], catalogue.column_of[kpi.evidences[0]]
+
+
+def kpi_frequency(kpi: Kpi) -> Frequency:
+    """How often ``kpi`` is returned: its ``returns``' frequency, quarterly without."""
+    return kpi.returns.frequency if kpi.returns else DEFAULT_FREQUENCY
 
 
 def milestone_event(
@@ -276,17 +317,13 @@ def milestone_history(catalogue: Catalogue, scenario: Scenario, now: datetime) -
     return posts
 
 
-def _quarters(first: date, last: date) -> Iterator[str]:
-    """Quarter periods (``2025-Q3``) whose end falls in ``first`` .. ``last``."""
-    year, quarter = first.year, (first.month - 1) // 3 + 1
-    while True:
-        period = f"{year}-Q{quarter}"
-        end = period_end(period)
-        if end > last:
-            return
-        if end >= first:
-            yield period
-        year, quarter = (year + 1, 1) if quarter == 4 else (year, quarter + 1)
+def _periods(first: date, last: date, frequency: Frequency) -> Iterator[str]:
+    """Periods of ``frequency`` (``2025-Q3`` for quarters) whose end falls in ``first`` ..
+    ``last``."""
+    period = period_of(first, frequency)
+    while period_end(period) <= last:
+        yield period
+        period = next_period(period, frequency)
 
 
 def kpi_value(kpi: Kpi, day: date, lagging: bool, *key: str) -> float:
@@ -294,29 +331,104 @@ def kpi_value(kpi: Kpi, day: date, lagging: bool, *key: str) -> float:
     expected = kpi_expected(kpi, day)
     if lagging:
         value = kpi.baseline.value + (expected - kpi.baseline.value) * 0.3
+        if len(key) > 1:  # another reporter's figure: as short, give or take a little
+            value *= 1 + (unit_noise(kpi.id, *key) - 0.5) * 0.02
     else:
         value = expected * (1 + (unit_noise(kpi.id, *key) - 0.4) * 0.06)
     return float(f"{value:.4g}")
 
 
 def kpi_history(catalogue: Catalogue, scenario: Scenario, now: datetime) -> list[Post]:
-    """Quarterly KPI reports since the programme started, each three weeks after its quarter."""
+    """KPI returns since the programme started, from every reporter, for each period of the
+    KPI's frequency, three weeks after it ends; the silent authority stops after its first
+    ``SILENT_AFTER``.
+
+    The first reporter's returns are sent last of a day, so its figure is the one the board
+    shows; they keep the ids and figures of the time it was the only reporter, and the others
+    name the reporter in theirs.
+    """
     posts = []
     last = (now - REPORT_LAG - timedelta(hours=1)).date()
     for kpi in catalogue.kpis:
-        source, column = kpi_reporter(catalogue, kpi)
+        column = catalogue.column_of[kpi.evidences[0]]
         first = max(catalogue.programme_start, kpi.baseline.date + timedelta(days=1))
-        for period in _quarters(first, last):
-            value = kpi_value(kpi, period_end(period), kpi.id == scenario.lagging_kpi, period)
-            event = kpi_event(
-                event_id=f"{DEMO_ID_PREFIX}-kpi-{kpi.id}-{period}",
-                source=source,
-                when=at(period_end(period) + REPORT_LAG, 10),
-                kpi=kpi,
-                period=period,
-                value=value,
-            )
-            posts.append(Post(source, column, event))
+        lagging = kpi.id == scenario.lagging_kpi
+        periods = list(_periods(first, last, kpi_frequency(kpi)))
+        for rank, source in enumerate(dict.fromkeys(kpi.reporters)):
+            sent = periods[:SILENT_AFTER] if source == scenario.silent else periods
+            for period in sent:
+                key = (period,) if rank == 0 else (period, source)
+                suffix = "" if rank == 0 else f"-{source}"
+                event = kpi_event(
+                    event_id=f"{DEMO_ID_PREFIX}-kpi-{kpi.id}-{period}{suffix}",
+                    source=source,
+                    when=at(period_end(period) + REPORT_LAG, 10) - timedelta(minutes=5 * rank),
+                    kpi=kpi,
+                    period=period,
+                    value=kpi_value(kpi, period_end(period), lagging, *key),
+                )
+                posts.append(Post(source, column, event))
+    return posts
+
+
+def update_event(
+    *, event_id: str, source: str, when: datetime, proposal: str, period: str, note: str
+) -> dict[str, Any]:
+    """A CloudEvent saying nothing moved on ``proposal`` in ``period``."""
+    return {
+        "specversion": "1.0",
+        "id": event_id,
+        "source": source,
+        "type": UPDATE_TYPE,
+        "time": when.isoformat(),
+        "datacontenttype": "application/json",
+        "data": {"proposal": proposal, "status": "no_change", "period": period, "note": note},
+    }
+
+
+def _no_change_note(role: str) -> str:
+    if role == "stalled":
+        return "No change: partners have not yet agreed the network's terms of reference"
+    if role == "blocked":
+        return "No change: waiting on the host institution's funding decision"
+    return "No change this period; work continues to plan"
+
+
+def update_history(
+    catalogue: Catalogue, scenario: Scenario, now: datetime, milestones: list[Post]
+) -> list[Post]:
+    """The "no change" updates each proposal's lead sends for an update period in which it
+    sent no milestone event (the stalled proposal's every period since it stalled), a week
+    after the period ends; none for a catalogue without ``updates``."""
+    posts = []
+    for proposal in catalogue.proposals:
+        updates = proposal.updates
+        if updates is None:
+            continue
+        source = reporter_of(proposal)
+        if source == scenario.silent:
+            continue
+        frequency = updates.frequency
+        heard = {
+            within(month_of(p.time), frequency)
+            for p in milestones
+            if p.authority == source and p.event["data"]["proposal"] == proposal.id
+        }
+        lag = min(NO_CHANGE_LAG, timedelta(days=updates.due_days))
+        note = _no_change_note(scenario.role_of(proposal.id))
+        period = period_of(catalogue.programme_start, frequency)
+        while (when := at(period_end(period) + lag, 11)) <= now - timedelta(hours=1):
+            if period not in heard:
+                event = update_event(
+                    event_id=f"{DEMO_ID_PREFIX}-update-{proposal.id}-{period}",
+                    source=source,
+                    when=when,
+                    proposal=proposal.id,
+                    period=period,
+                    note=note,
+                )
+                posts.append(Post(source, catalogue.column_of[proposal.id], event))
+            period = next_period(period, frequency)
     return posts
 
 
@@ -329,8 +441,38 @@ def history(catalogue: Catalogue, scenario: Scenario, now: datetime) -> list[Pos
     sends them as new reports instead of changed ones.
     """
     today = datetime.combine(now.astimezone(UTC).date(), time(), tzinfo=UTC)
-    posts = milestone_history(catalogue, scenario, today) + kpi_history(catalogue, scenario, today)
+    milestones = milestone_history(catalogue, scenario, today)
+    posts = (
+        milestones
+        + update_history(catalogue, scenario, today, milestones)
+        + kpi_history(catalogue, scenario, today)
+    )
     return sorted(posts, key=lambda p: p.time)
+
+
+def newest_return(posts: list[Post], kpi: str, reporter: str) -> Post | None:
+    """``reporter``'s return of ``kpi`` for the latest period among ``posts``, if any."""
+    found = [
+        p
+        for p in posts
+        if p.event["type"] == KPI_TYPE and p.authority == reporter and p.event["data"]["kpi"] == kpi
+    ]
+    return max(found, key=lambda p: period_end(p.event["data"]["period"]), default=None)
+
+
+def correction(catalogue: Catalogue, original: Post, now: datetime) -> Post:
+    """A revised figure for ``original``'s return, sent late; the same id all day (UTC)."""
+    data = original.event["data"]
+    kpi = catalogue.kpi_by_id[data["kpi"]]
+    event = kpi_event(
+        event_id=f"{DEMO_ID_PREFIX}-correction-{kpi.id}-{data['period']}",
+        source=original.authority,
+        when=datetime.combine(now.astimezone(UTC).date(), time(), tzinfo=UTC),
+        kpi=kpi,
+        period=data["period"],
+        value=float(f"{data['value'] * 1.02:.4g}"),
+    )
+    return Post(original.authority, original.column, event)
 
 
 def invalid_posts(catalogue: Catalogue, now: datetime, tag: str = "backfill") -> list[Post]:
@@ -370,14 +512,16 @@ def invalid_posts(catalogue: Catalogue, now: datetime, tag: str = "backfill") ->
 def story_authorities(catalogue: Catalogue) -> list[str]:
     """Every authority the story posts as, so their tokens can be issued before it starts."""
     reporters = {reporter_of(p) for p in catalogue.proposals}
-    return sorted(reporters | {kpi_reporter(catalogue, k)[0] for k in catalogue.kpis})
+    return sorted(reporters | {a for k in catalogue.kpis for a in k.reporters})
 
 
 class LiveStory:
     """What the authority systems send from now on, one event per call.
 
     Healthy proposals report progress and now and then finish a milestone and start the
-    next; KPIs other than the lagging one get this month's figure; every tenth event is
+    next; KPIs other than the lagging one get their first reporter's figure for the current
+    period of their frequency (a quarter: a monthly period is refused for a quarterly KPI);
+    every tenth event is
     one a column service must refuse. The stalled, late and blocked proposals stay silent,
     so the board keeps showing them.
     """
@@ -427,7 +571,7 @@ class LiveStory:
             source=source,
             when=now,
             kpi=kpi,
-            period=f"{now:%Y-%m}",
+            period=period_of(now.astimezone(UTC).date(), kpi_frequency(kpi)),
             value=value,
         )
         return Post(source, column, event)
