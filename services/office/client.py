@@ -40,7 +40,8 @@ def _problem(response: httpx.Response) -> tuple[str, list[str]]:
 
 class AggregatorClient:
     """GETs on the read API (``/v1/programme``, ``/v1/proposals/{id}`` and its history,
-    ``/v1/kpis`` and ``/v1/kpis/{id}``, ``/v1/events``)."""
+    ``/v1/kpis`` and ``/v1/kpis/{id}``, ``/v1/events``, ``/v1/reporting`` and
+    ``/v1/reporting/{authority}``, ``/v1/reviews``)."""
 
     def __init__(self, client: httpx.AsyncClient, base_url: str):
         self._client = client
@@ -90,3 +91,15 @@ class AggregatorClient:
 
     async def events(self, params: Mapping[str, str | int]) -> Document:
         return await self.get("/v1/events", params)
+
+    async def reporting(self, params: Mapping[str, str]) -> Document:
+        """Completeness by authority and period, and the silent reporters."""
+        return await self.get("/v1/reporting", params)
+
+    async def authority_reporting(self, authority: str) -> Document:
+        """What one authority owes next, what was late, missing, returned for correction."""
+        return await self.get("/v1/reporting/" + quote(authority, safe=""))
+
+    async def reviews(self, params: Mapping[str, str]) -> Document:
+        """The review queue: waiting, returned for correction, kept aside by a lock."""
+        return await self.get("/v1/reviews", params)

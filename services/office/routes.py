@@ -78,6 +78,11 @@ def environment() -> jinja2.Environment:
         CHANGE_LABEL=views.CHANGE_LABEL,
         event_summary=views.event_summary,
         STATUS_LABEL=views.STATUS_LABEL,
+        milestone_tag=views.milestone_tag,
+        approval_tag=views.approval_tag,
+        completion_summary=views.completion_summary,
+        owed_label=views.owed_label,
+        return_label=views.return_label,
     )
     env.filters.update(when=views.when, number=views.number)
     return env
@@ -525,6 +530,91 @@ def build_router(office: Office) -> APIRouter:
                 {**filters, "limit": limit, "cursor": page["next_cursor"]}
             )
         return render(request, "audit.html", "audit", **context)
+
+    reporting_filters = ("column", "authority", "period")
+
+    def filters_of(request: Request, names: tuple[str, ...]) -> dict[str, str]:
+        return {k: v.strip() for k in names if (v := request.query_params.get(k, "")).strip()}
+
+    def board_columns() -> list[tuple[str, str]]:
+        board = office.watcher.snapshot.board or {"columns": []}
+        return [(c["id"], c["title"]) for c in board["columns"]]
+
+    @router.get("/reporting", include_in_schema=False)
+    async def reporting(request: Request) -> Response:
+        if (refused := gate(request, "reporting", reporting_filters)) is not None:
+            return refused
+        filters = filters_of(request, reporting_filters)
+        board = office.watcher.snapshot.board
+        context: dict[str, Any] = {
+            "filters": filters,
+            "columns": board_columns(),
+            "quiet": views.quiet_of(board, filters.get("column")),
+            "board_read": board is not None,
+            "silent": [],
+            "grid": views.completeness_grid([]),
+            "generated_at": None,
+            "error": None,
+        }
+        try:
+            doc = await office.aggregator.reporting(filters)
+        except (UnknownQuery, NotFound) as exc:  # an unknown authority or column, a bad period
+            context["error"] = str(exc)
+            return render(request, "reporting.html", "reporting", 422, **context)
+        except AggregatorUnavailable as exc:
+            return problem(request, "reporting", 503, "No data", str(exc))
+        context.update(
+            silent=doc["silent"],
+            grid=views.completeness_grid(doc["completeness"]),
+            generated_at=doc["generated_at"],
+        )
+        return render(request, "reporting.html", "reporting", **context)
+
+    @router.get("/reporting/{authority}", include_in_schema=False)
+    async def authority_reporting(request: Request, authority: str) -> Response:
+        if (refused := gate(request, "authority")) is not None:
+            return refused
+        try:
+            doc = await office.aggregator.authority_reporting(authority)
+        except NotFound:
+            return problem(
+                request, "authority", 404, "No such authority", f"There is no authority {authority}"
+            )
+        except (AggregatorUnavailable, UnknownQuery) as exc:
+            return problem(request, "authority", 503, "No data", str(exc))
+        return render(
+            request,
+            "authority.html",
+            "reporting",
+            doc={
+                **doc,
+                "missing": sorted(doc["missing"], key=lambda o: (o["due"], o["obligation"])),
+                "late": sorted(doc["late"], key=lambda o: (o["due"], o["obligation"])),
+            },
+            grid=views.completeness_grid(doc["completeness"]),
+        )
+
+    review_filters = ("column", "authority", "kind", "limit")
+
+    @router.get("/reviews", include_in_schema=False)
+    async def reviews(request: Request) -> Response:
+        if (refused := gate(request, "reviews", review_filters)) is not None:
+            return refused
+        filters = filters_of(request, review_filters)
+        context: dict[str, Any] = {
+            "filters": filters,
+            "columns": board_columns(),
+            "queue": None,
+            "error": None,
+        }
+        try:
+            context["queue"] = await office.aggregator.reviews(filters)
+        except (UnknownQuery, NotFound) as exc:
+            context["error"] = str(exc)
+            return render(request, "reviews.html", "reviews", 422, **context)
+        except AggregatorUnavailable as exc:
+            return problem(request, "reviews", 503, "No data", str(exc))
+        return render(request, "reviews.html", "reviews", **context)
 
     @router.get("/login", include_in_schema=False)
     async def login_page(request: Request, next: str = "/") -> Response:

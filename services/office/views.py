@@ -79,6 +79,33 @@ def status_tag(status: str) -> Tag:
     return Tag(STATUS_LABEL.get(status, status), STATUS_COLOUR.get(status, "grey"))
 
 
+def milestone_tag(milestone: Document) -> Tag:
+    """A milestone's status; a completion says whether the office has verified it."""
+    if milestone["status"] != "completed":
+        return status_tag(str(milestone["status"]))
+    if milestone.get("verification") == "verified":
+        return Tag("Verified", "green")
+    return Tag("Completed, unverified", "turquoise")
+
+
+def approval_tag(approved: bool | None) -> Tag:
+    """Whether a KPI actual is approved by the office; "No data" with no actual."""
+    if approved is None:
+        return Tag("No data", "grey")
+    return Tag("Approved", "green") if approved else Tag("Not yet approved", "grey")
+
+
+def completion_summary(proposal: Document) -> str:
+    """``2 of 6 completed (1 verified, 1 unverified)``, or ``0 of 6 completed``."""
+    milestones = proposal.get("milestones") or ()
+    done = [m for m in milestones if m["status"] == "completed"]
+    text = f"{len(done)} of {len(milestones)} completed"
+    if not done:
+        return text
+    verified = sum(m.get("verification") == "verified" for m in done)
+    return f"{text} ({verified} verified, {len(done) - verified} unverified)"
+
+
 def rag_tag(rag: str) -> Tag:
     return Tag(RAG_LABEL.get(rag, rag), rag)
 
@@ -187,6 +214,8 @@ class PeriodRow:
     source: str
     event: Document
     reports: tuple[Report, ...]
+    approved: bool = False
+    """Whether the programme office approved the actual (its return for this period)."""
 
     @property
     def corrections(self) -> tuple[Report, ...]:
@@ -215,6 +244,7 @@ def kpi_periods(series: Document) -> list[PeriodRow]:
                 )
                 for r in p.get("reports") or ()
             ),
+            approved=bool(p.get("approved")),
         )
         for p in series.get("periods") or ()
     ]
@@ -266,3 +296,114 @@ def lag_label(seconds: float) -> str:
 
 
 CHANGE_LABEL = {"rag": "RAG", "stalled": "stalled", "overdue": "overdue"}
+
+
+# -- reporting (GET /v1/reporting, /v1/reporting/{authority}) -----------------------------
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One authority's returns for one period: "received/expected", the counts and a state
+    as a word and a colour."""
+
+    received: int
+    expected: int
+    on_time: int
+    late: int
+    missing: int
+    pending: int
+    extra: int
+    tag: Tag
+
+    @property
+    def counts(self) -> str:
+        """``3 on time, 1 late, 1 missing`` (and what is not yet due or was not owed)."""
+        parts = [f"{self.on_time} on time", f"{self.late} late", f"{self.missing} missing"]
+        if self.pending:
+            parts.append(f"{self.pending} not yet due")
+        if self.extra:
+            parts.append(f"{self.extra} not owed")
+        return ", ".join(parts)
+
+
+def cell_tag(row: Document) -> Tag:
+    """Missing beats late beats not yet due: the worst of the period's returns."""
+    if row["missing"]:
+        return Tag("Missing", "red")
+    if row["late"]:
+        return Tag("Late", "amber")
+    if row["pending"]:
+        return Tag("Not yet due", "grey")
+    if row["expected"]:
+        return Tag("Complete", "green")
+    return Tag("Nothing owed", "grey")
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Completeness as a table: rows authorities, columns periods."""
+
+    authorities: tuple[str, ...]
+    periods: tuple[str, ...]
+    cells: Mapping[tuple[str, str], Cell]
+
+    def cell(self, authority: str, period: str) -> Cell | None:
+        return self.cells.get((authority, period))
+
+
+def completeness_grid(rows: list[Document]) -> Grid:
+    """The read API's completeness rows laid out by authority (rows) and period (columns)."""
+    cells = {
+        (str(r["authority"]), str(r["period"])): Cell(
+            received=int(r["received"]),
+            expected=int(r["expected"]),
+            on_time=int(r["on_time"]),
+            late=int(r["late"]),
+            missing=int(r["missing"]),
+            pending=int(r["pending"]),
+            extra=int(r["extra"]),
+            tag=cell_tag(r),
+        )
+        for r in rows
+    }
+    return Grid(
+        authorities=tuple(sorted({a for a, _ in cells})),
+        periods=tuple(sorted({p for _, p in cells})),
+        cells=cells,
+    )
+
+
+def owed_label(kind: str, obligation: str) -> str:
+    """What a return is: ``KPI return: exports`` or ``Progress update on 2b``."""
+    return f"KPI return: {obligation}" if kind == "kpi" else f"Progress update on {obligation}"
+
+
+def return_label(r: Document) -> str:
+    """A return in the review queue: ``exports 2026-Q1: 12.5`` or ``1a/joint-position
+    completed``."""
+    if r["kind"] == "kpi":
+        value = "" if r.get("value") is None else f": {number(r['value'])}"
+        return f"{r['kpi']} {r['period']}{value}"
+    return f"{r['proposal']}/{r['milestone']} completed"
+
+
+def quiet_of(board: Document | None, column: str | None) -> dict[str, list[Document]]:
+    """The board's other two kinds of quiet: stalled proposals and overdue milestones (of
+    one column, if given)."""
+    if board is None:
+        return {"stalled": [], "overdue": []}
+    found = [
+        {**p, "column": c["id"]}
+        for c in board["columns"]
+        if column is None or c["id"] == column
+        for p in c["proposals"]
+    ]
+    return {
+        "stalled": [p for p in found if p["stalled"]],
+        "overdue": [
+            {"proposal": p, "milestone": m}
+            for p in found
+            for m in p.get("milestones") or ()
+            if m.get("overdue")
+        ],
+    }

@@ -47,6 +47,30 @@ class Stack:
             self.tokens[authority] = issued.stdout.strip()
         return self.tokens[authority]
 
+    def office_token(self, name: str = "web-reviewer") -> str:
+        """An office identity's token (``office/<name>``): it reviews, it posts no events."""
+        key = f"office/{name}"
+        if key not in self.tokens:
+            issued = cotn(
+                "token", "create", "--office", name, "--data-dir", str(self.running.data_dir)
+            )
+            assert issued.returncode == 0, issued.stderr
+            self.tokens[key] = issued.stdout.strip()
+        return self.tokens[key]
+
+    def review(self, **body: str) -> dict[str, Any]:
+        """Make a review as the office does (``POST /v1/reviews``); its result once stored."""
+        response = httpx.post(
+            self.running.url + "/v1/reviews",
+            json=body,
+            headers={"Authorization": f"Bearer {self.office_token()}"},
+            timeout=20,
+        )
+        assert response.status_code in (200, 201), response.text
+        result: dict[str, Any] = response.json()
+        assert result["stored"], result
+        return result
+
     def post(self, column: str, source: str, kind: str, data: dict[str, Any]) -> str:
         """Post one event to a column service and wait until the aggregator stored it."""
         self.posted += 1

@@ -73,7 +73,16 @@ def test_the_placeholder_secret_is_refused_outside_development(tmp_path: Path) -
 
 
 async def test_pages_need_a_login_outside_development(production: httpx.AsyncClient) -> None:
-    for path in ("/", "/proposals/1a", "/kpis", "/kpis/exports", "/audit?proposal=1a"):
+    for path in (
+        "/",
+        "/proposals/1a",
+        "/kpis",
+        "/kpis/exports",
+        "/audit?proposal=1a",
+        "/reporting?column=business",
+        "/reporting/np11",
+        "/reviews",
+    ):
         response = await production.get(path)
         assert response.status_code == 303, path
         assert response.headers["location"].startswith("/login?next=%2F"), path
@@ -157,6 +166,13 @@ async def test_unknown_query_parameters_are_refused(tmp_path: Path) -> None:
         assert "colour" in response.text
         assert (await client.get("/audit?proposal=1a&bogus=1")).status_code == 422
         assert (await client.get("/proposals/1a")).status_code == 503  # no aggregator: no data
+        for path in ("/reporting?state=late", "/reviews?state=waiting", "/reporting/np11?x=1"):
+            refused = await client.get(path)
+            assert refused.status_code == 422, path
+            assert path.split("?")[1].split("=")[0] in refused.text
+        for path in ("/reporting?column=business", "/reporting/np11", "/reviews?kind=kpi"):
+            unread = await client.get(path)
+            assert unread.status_code == 503 and "No data" in unread.text, path
         headers = (await client.get("/")).headers
         assert "script-src 'self'" in headers["content-security-policy"]
         metrics = (await client.get("/metrics")).text

@@ -9,12 +9,18 @@ from typing import Any
 import pytest
 
 from services.office.charts import kpi_chart
+from services.office.routes import environment
 from services.office.views import (
+    approval_tag,
     audit_link,
+    cell_tag,
+    completeness_grid,
+    completion_summary,
     event_filter,
     kpi_periods,
     kpi_tag,
     lag_label,
+    milestone_tag,
     proposal_tag,
     view_banner,
 )
@@ -147,3 +153,75 @@ def test_reasons_link_to_their_events_and_what_they_are_about() -> None:
 def test_every_rule_has_a_title() -> None:
     assert rule_title("milestone_dependency_at_risk") == RULE_TITLES["milestone_dependency_at_risk"]
     assert rule_title("a_rule_to_come") == "a_rule_to_come"
+
+
+def test_milestones_say_whether_a_completion_is_verified() -> None:
+    assert milestone_tag({"status": "completed", "verification": "verified"}).text == "Verified"
+    unverified = {"status": "completed", "verification": "unverified"}
+    assert milestone_tag(unverified).text == "Completed, unverified"
+    assert milestone_tag({"status": "blocked", "verification": None}).text == "Blocked"
+    proposal = {"milestones": [{"status": "completed", "verification": "verified"}, unverified]}
+    assert completion_summary(proposal) == "2 of 2 completed (1 verified, 1 unverified)"
+    assert approval_tag(None).text == "No data" and approval_tag(True).text == "Approved"
+
+
+def test_a_completeness_cell_is_a_ratio_its_counts_and_a_word() -> None:
+    row = {"authority": "np11", "period": "2026-Q1", "expected": 5, "received": 4}
+    grid = completeness_grid(
+        [{**row, "on_time": 3, "late": 1, "missing": 1, "pending": 0, "extra": 0}]
+    )
+    cell = grid.cell("np11", "2026-Q1")
+    assert cell is not None and (cell.received, cell.expected) == (4, 5)
+    assert cell.counts == "3 on time, 1 late, 1 missing" and cell.tag.text == "Missing"
+    assert grid.authorities == ("np11",) and grid.periods == ("2026-Q1",)
+    late = {**row, "on_time": 3, "late": 1, "missing": 0, "pending": 1, "extra": 0}
+    assert cell_tag(late).text == "Late"
+
+
+LOCK = {
+    "action": "approve",
+    "by": "office/alice",
+    "at": "2026-03-01T10:00:00Z",
+    "reason": None,
+    "event": {"source": "office/alice", "id": "approve.kpi.exports.2026-Q1.np11.1"},
+}
+
+
+def test_the_reviews_page_names_the_lock_that_kept_an_event_aside() -> None:
+    queue = {
+        "generated_at": "2026-03-02T00:00:00Z",
+        "counts": {"waiting": 0, "returned": 0, "kept_aside": 1},
+        "waiting": [],
+        "returned": [],
+        "kept_aside": [
+            {
+                "event": {"source": "np11", "id": "late-<1>"},
+                "type": "org.cotn.kpi.v1",
+                "target": "kpi.exports.2026-Q1.np11",
+                "column": "business",
+                "proposal": "3a",
+                "received_at": "2026-03-01T10:00:01Z",
+                "data": {"kpi": "exports", "period": "2026-Q1", "value": 12.5},
+                "lock": LOCK,
+            }
+        ],
+    }
+    html = (
+        environment()
+        .get_template("reviews.html")
+        .render(
+            page="reviews",
+            signed_in=None,
+            csrf_field="c",
+            csrf="t",
+            aggregator="http://a",
+            filters={},
+            columns=[],
+            queue=queue,
+            error=None,
+        )
+    )
+    assert "Approval by office/alice" in html
+    assert "/audit?source=office%2Falice&amp;id=approve.kpi.exports.2026-Q1.np11.1" in html
+    assert "/audit?source=np11&amp;id=late-%3C1%3E" in html and "late-&lt;1&gt;" in html
+    assert "exports 2026-Q1: 12.5" in html
