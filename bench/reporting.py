@@ -152,7 +152,7 @@ async def reporting(ctx: Context) -> None:
     catalogue, problems = check_catalogue(path)
     if not isinstance(catalogue, Catalogue):
         raise ValueError(f"generated catalogue is invalid: {problems[:3]}")
-    requests = max(3, sizes.read_requests // 5)
+    requests = max(3, sizes.read_requests // 10)  # each answer reads every return owed
     async with ctx.bench.postgres() as url:
         await upgrade(url)
         setup = await _fill(url, shape, start, months)

@@ -238,6 +238,12 @@ class Catalogue(_Model):
                 out.setdefault(p, []).append(k)
         return out
 
+    def home_of_kpi(self, kpi_id: str) -> tuple[str, str]:
+        """The (column, proposal) a KPI's returns and their reviews are filed under, for the
+        office and its metrics: the first proposal it evidences, and that one's column."""
+        proposal = self.kpi_by_id[kpi_id].evidences[0]
+        return self.column_of[proposal], proposal
+
     def proposals_of(self, column_id: str) -> list[Proposal]:
         return [self.proposal_by_id[p] for p in self.column_by_id[column_id].proposals]
 

@@ -21,9 +21,10 @@ The clock comes in as ``today``/``now``; nothing here reads it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 from typing import Literal
 
 from shared.catalogue import Catalogue, Returns
@@ -109,50 +110,63 @@ class Silence:
     """The due day of the first return of the run that is missing."""
 
 
-def owed_periods(returns: Returns, start: date, today: date, authority: str) -> Iterator[str]:
-    """The periods of ``returns.frequency`` ``authority`` owes returns for: ending on or after
-    ``start`` (the programme's), started by ``today``, and within its window if it has one."""
+def owed_periods(
+    returns: Returns, start: date, today: date, authority: str
+) -> tuple[tuple[str, date], ...]:
+    """The periods of ``returns.frequency`` ``authority`` owes returns for, each with its due
+    day: ending on or after ``start`` (the programme's), started by ``today``, and within
+    its window if it has one."""
     window = returns.window_of(authority)
     since = max(start, window.since) if window and window.since else start
     until = min(today, window.until) if window and window.until else today
-    period = period_of(since, returns.frequency)
+    return _periods(returns.frequency, returns.due_days, since, until)
+
+
+@lru_cache(maxsize=4096)
+def _periods(
+    frequency: Frequency, due_days: int, since: date, until: date
+) -> tuple[tuple[str, date], ...]:
+    # The same for every reporter without a window of its own: made once, not per reporter.
+    out = []
+    period = period_of(since, frequency)
     while period_start(period) <= until:
-        yield period
-        period = next_period(period, returns.frequency)
+        out.append((period, period_end(period) + timedelta(days=due_days)))
+        period = period_of(period_end(period) + timedelta(days=1), frequency)
+    return tuple(out)
 
 
-def next_period(period: str, frequency: Frequency) -> str:
-    return period_of(period_end(period) + timedelta(days=1), frequency)
-
-
-def due_day(period: str, returns: Returns) -> date:
-    return period_end(period) + timedelta(days=returns.due_days)
-
-
-def obligations(catalogue: Catalogue, today: date) -> list[Obligation]:
-    """Every return owed by ``today``, KPIs first, in catalogue order, then by period."""
+def obligations(
+    catalogue: Catalogue, today: date, authority: str | None = None
+) -> list[Obligation]:
+    """Every return owed by ``today`` (by ``authority`` only, if given), KPIs first, in
+    catalogue order, then by period."""
     start = catalogue.programme_start
     found: list[Obligation] = []
     for kpi in catalogue.kpis:
         if kpi.returns is None:
             continue
-        column = catalogue.column_of[kpi.evidences[0]]
-        for authority in dict.fromkeys(kpi.reporters):
+        column = catalogue.home_of_kpi(kpi.id)[0]
+        for owing in _owing(kpi.reporters, authority):
             found += (
-                Obligation("kpi", kpi.id, authority, p, due_day(p, kpi.returns), column)
-                for p in owed_periods(kpi.returns, start, today, authority)
+                Obligation("kpi", kpi.id, owing, p, due, column)
+                for p, due in owed_periods(kpi.returns, start, today, owing)
             )
     for proposal in catalogue.proposals:
         updates = proposal.updates
         if updates is None:
             continue
         column = catalogue.column_of[proposal.id]
-        for authority in dict.fromkeys(updates.by):
+        for owing in _owing(updates.by, authority):
             found += (
-                Obligation("update", proposal.id, authority, p, due_day(p, updates), column)
-                for p in owed_periods(updates, start, today, authority)
+                Obligation("update", proposal.id, owing, p, due, column)
+                for p, due in owed_periods(updates, start, today, owing)
             )
     return found
+
+
+def _owing(owers: list[str], authority: str | None) -> list[str]:
+    unique = list(dict.fromkeys(owers))
+    return unique if authority is None else [a for a in unique if a == authority]
 
 
 def update_period(catalogue: Catalogue, proposal: str, period: str) -> str | None:

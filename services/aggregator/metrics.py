@@ -35,10 +35,10 @@ from services.aggregator.api import (
     read_health,
 )
 from services.aggregator.board import milestone_counts, rag_value
-from services.aggregator.office import column_of_return, read_reporting
+from services.aggregator.office import read_reporting
 from services.aggregator.opmetrics import OperationalMetrics
 from services.aggregator.queries import collector_paused
-from services.aggregator.returns import Queue, read_queue
+from services.aggregator.returns import Queue, column_of_return, read_queue
 from shared.catalogue import Catalogue
 from shared.health import ProgrammeHealth
 from shared.reporting import STATES, ReturnKey, Status, silent_reporters

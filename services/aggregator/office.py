@@ -49,6 +49,7 @@ from shared.kinds.review import KIND as REVIEW_KIND
 from shared.kinds.review import ReviewEvent, column_of_target
 from shared.reporting import (
     Completeness,
+    ReturnKey,
     Silence,
     Status,
     completeness,
@@ -338,25 +339,22 @@ def owed_out(s: Status) -> dict[str, Any]:
 
 
 async def read_reporting(
-    *, catalogue: Catalogue, sessions: Sessions, today: date
-) -> tuple[list[Status], list[tuple[str, str, str, str]]]:
-    """Each obligation's status at ``today`` and the returns nobody owed."""
-    owed = obligations(catalogue, today)
+    *, catalogue: Catalogue, sessions: Sessions, today: date, authority: str | None = None
+) -> tuple[list[Status], list[ReturnKey]]:
+    """Each obligation's status at ``today`` and the returns nobody owed (``authority``'s
+    only, if given)."""
+    owed = obligations(catalogue, today, authority)
     async with sessions() as session:
-        received = await returns.received_returns(session=session, catalogue=catalogue)
+        received = await returns.received_returns(
+            session=session, catalogue=catalogue, authority=authority
+        )
     return statuses(owed, received, today), extra_returns(owed, received)
-
-
-def column_of_return(catalogue: Catalogue, kind: str, ref: str) -> str:
-    if kind == "kpi":
-        return returns.kpi_column(catalogue, ref)[0]
-    return catalogue.column_of[ref]
 
 
 def reporting_document(
     catalogue: Catalogue,
     found: list[Status],
-    extra: list[tuple[str, str, str, str]],
+    extra: list[ReturnKey],
     now: datetime,
     *,
     authority: str | None = None,
@@ -373,7 +371,9 @@ def reporting_document(
     mine = [
         s for s in found if kept(s.obligation.authority, s.obligation.column, s.obligation.period)
     ]
-    mine_extra = [k for k in extra if kept(k[2], column_of_return(catalogue, k[0], k[1]), k[3])]
+    mine_extra = [
+        k for k in extra if kept(k[2], returns.column_of_return(catalogue, k[0], k[1]), k[3])
+    ]
     return {
         "generated_at": now,
         "completeness": [completeness_out(r) for r in completeness(mine, mine_extra)],
@@ -449,7 +449,10 @@ def build_office_router(
             return refused
         now = clock()
         found, extra = await read_reporting(
-            catalogue=catalogue, sessions=sessions, today=now.astimezone(UTC).date()
+            catalogue=catalogue,
+            sessions=sessions,
+            today=now.astimezone(UTC).date(),
+            authority=authority,
         )
         doc = reporting_document(
             catalogue, found, extra, now, authority=authority, column=column, period=period
@@ -471,10 +474,12 @@ def build_office_router(
                 f"no authority {authority!r} in the catalogue (known: {', '.join(authorities)})",
             )
         now = clock()
-        found, extra = await read_reporting(
-            catalogue=catalogue, sessions=sessions, today=now.astimezone(UTC).date()
+        mine, extra = await read_reporting(
+            catalogue=catalogue,
+            sessions=sessions,
+            today=now.astimezone(UTC).date(),
+            authority=authority,
         )
-        mine = [s for s in found if s.obligation.authority == authority]
         async with sessions() as session:
             reviews = await returns.all_reviews(session=session)
             received = await returns.kpi_returns(
@@ -501,10 +506,7 @@ def build_office_router(
                 return_out(r) for r in received if r.state == "returned" and r.reporter == authority
             ],
             "silent": [silence_out(s) for s in silent_reporters(mine)],
-            "completeness": [
-                completeness_out(r)
-                for r in completeness(mine, [k for k in extra if k[2] == authority])
-            ],
+            "completeness": [completeness_out(r) for r in completeness(mine, extra)],
         }
         return JSONResponse(AuthorityReportingOut.model_validate(doc).model_dump(mode="json"))
 

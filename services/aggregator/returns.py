@@ -49,13 +49,13 @@ def _aware_min(column: sa.ColumnElement[datetime]) -> sa.ColumnElement[datetime]
 
 
 async def received_returns(
-    *, session: AsyncSession, catalogue: Catalogue
+    *, session: AsyncSession, catalogue: Catalogue, authority: str | None = None
 ) -> dict[ReturnKey, datetime]:
-    """When the first return of each (kind, ref, authority, period) was stored: KPI
-    returns by their period, progress updates (milestone and update events) by the update
-    period their own period lies in."""
+    """When the first return of each (kind, ref, authority, period) was stored (of
+    ``authority``'s only, if given): KPI returns by their period, progress updates
+    (milestone and update events) by the update period their own period lies in."""
     e = EVENT.c
-    applied = e.held.is_(None)
+    applied = sa.and_(e.held.is_(None), *([e.source == authority] if authority else []))
     kpi_rows = await execute(
         session,
         sa.select(e.kpi, e.source, e.period, _aware_min(e.received_at))
@@ -117,10 +117,11 @@ async def all_reviews(
     return dict(reviews)
 
 
-def kpi_column(catalogue: Catalogue, kpi: str) -> tuple[str, str]:
-    """The (column, proposal) a KPI's returns and their reviews are filed under."""
-    proposal = catalogue.kpi_by_id[kpi].evidences[0]
-    return catalogue.column_of[proposal], proposal
+def column_of_return(catalogue: Catalogue, kind: str, ref: str) -> str:
+    """The column of an obligation's returns: a KPI's home, or a proposal's column."""
+    if kind == "kpi":
+        return catalogue.home_of_kpi(ref)[0]
+    return catalogue.column_of[ref]
 
 
 async def kpi_returns(
@@ -153,7 +154,7 @@ async def kpi_returns(
             continue
         state, review = review_state(seq, reviews.get(target, []))
         assert state is not None  # a return was received
-        column, proposal = kpi_column(catalogue, kpi)
+        column, proposal = catalogue.home_of_kpi(kpi)
         out.append(
             Return(
                 kind="kpi", target=target, column=column, proposal=proposal, reporter=source,

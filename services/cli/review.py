@@ -9,7 +9,7 @@ The office token is sent to the aggregator and never printed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -385,64 +385,48 @@ def verify(
     )
 
 
-@app.command(
+def _either(action: str) -> Callable[..., None]:
+    """``return`` or ``reopen``: a KPI return or a completion, with a reason."""
+
+    def command(
+        ids: AnyReturn = None,
+        kpi: KpiOption = None,
+        period: PeriodOption = None,
+        reporter: ReporterOption = None,
+        proposal: ProposalOption = None,
+        milestone: MilestoneOption = None,
+        reason: Annotated[str | None, reason_option(True)] = None,
+        token: TokenOption = None,
+        as_json: JsonOption = False,
+        url: UrlOption = DEFAULT_URL,
+        timeout: TimeoutOption = 10.0,
+    ) -> None:
+        named = {
+            "kpi": kpi,
+            "period": period,
+            "reporter": reporter,
+            "proposal": proposal,
+            "milestone": milestone,
+        }
+        review(
+            action, ids, named, reason=reason, token=token, url=url, timeout=timeout,
+            as_json=as_json,
+        )  # fmt: skip
+
+    return command
+
+
+app.command(
     "return",
     short_help="Return a KPI return or a completion for correction (--reason).",
     help="Return a KPI return or a completion to its authority for correction (not one that "
     "is locked: reopen it first)." + RETURN_HELP,
     epilog=EXIT_CODES,
-)
-def return_(
-    ids: AnyReturn = None,
-    kpi: KpiOption = None,
-    period: PeriodOption = None,
-    reporter: ReporterOption = None,
-    proposal: ProposalOption = None,
-    milestone: MilestoneOption = None,
-    reason: Annotated[str | None, reason_option(True)] = None,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
-    url: UrlOption = DEFAULT_URL,
-    timeout: TimeoutOption = 10.0,
-) -> None:
-    named = {
-        "kpi": kpi,
-        "period": period,
-        "reporter": reporter,
-        "proposal": proposal,
-        "milestone": milestone,
-    }
-    review(
-        "return", ids, named, reason=reason, token=token, url=url, timeout=timeout, as_json=as_json
-    )
-
-
-@app.command(
+)(_either("return"))
+app.command(
+    "reopen",
     short_help="Reopen a reviewed return: unlocked, submitted again (--reason).",
     help="Reopen an approved, verified or returned return: its lock is released and it is "
     "submitted again." + RETURN_HELP,
     epilog=EXIT_CODES,
-)
-def reopen(
-    ids: AnyReturn = None,
-    kpi: KpiOption = None,
-    period: PeriodOption = None,
-    reporter: ReporterOption = None,
-    proposal: ProposalOption = None,
-    milestone: MilestoneOption = None,
-    reason: Annotated[str | None, reason_option(True)] = None,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
-    url: UrlOption = DEFAULT_URL,
-    timeout: TimeoutOption = 10.0,
-) -> None:
-    named = {
-        "kpi": kpi,
-        "period": period,
-        "reporter": reporter,
-        "proposal": proposal,
-        "milestone": milestone,
-    }
-    review(
-        "reopen", ids, named, reason=reason, token=token, url=url, timeout=timeout, as_json=as_json
-    )
+)(_either("reopen"))

@@ -188,9 +188,7 @@ def column_of_target(catalogue: Catalogue, data: ReviewData) -> tuple[str, str]:
     if data.kpi is None:
         assert data.proposal is not None
         return catalogue.column_of[data.proposal], data.proposal
-    kpi = catalogue.kpi_by_id[data.kpi]
-    proposal = kpi.evidences[0]
-    return catalogue.column_of[proposal], proposal
+    return catalogue.home_of_kpi(data.kpi)
 
 
 KIND = Reviews()
