@@ -131,8 +131,13 @@ def _periods(
     period = period_of(since, frequency)
     while period_start(period) <= until:
         out.append((period, period_end(period) + timedelta(days=due_days)))
-        period = period_of(period_end(period) + timedelta(days=1), frequency)
+        period = next_period(period, frequency)
     return tuple(out)
+
+
+def next_period(period: str, frequency: Frequency) -> str:
+    """The period of ``frequency`` after ``period``."""
+    return period_of(period_end(period) + timedelta(days=1), frequency)
 
 
 def obligations(
