@@ -97,7 +97,7 @@ async def test_posted_events_reach_the_board_and_metrics_once(
             ),
             business.client.post(
                 "/v1/events",
-                json=kpi("e2e-k1", 90.0, "2025", NOW),
+                json=kpi("e2e-k1", 90.0, "2025-Q4", NOW),
                 headers={
                     "Authorization": f"Bearer {token}",
                     "Content-Type": "application/cloudevents+json",

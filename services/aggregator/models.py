@@ -79,6 +79,12 @@ class EventPublic(EventBase):
     """One event of the audit trail as the read API returns it."""
 
     id: str = Field(description="The event's id, unique per source")
+    kept_aside: bool = Field(
+        default=False,
+        description="Kept aside by a lock: accepted before the approval or verification of "
+        "its return reached the column service, stored, never applied (GET /v1/reviews "
+        "names the lock)",
+    )
 
 
 class ProposalStatus(SQLModel, table=True):

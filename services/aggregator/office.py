@@ -628,6 +628,16 @@ def build_office_router(
         assert not isinstance(event, JSONResponse)
         return await _publish(event, current)
 
+    @router.api_route(
+        "/v1/reviews", methods=["PUT", "PATCH", "DELETE", "OPTIONS"], include_in_schema=False
+    )
+    async def other_methods() -> Response:
+        # Two routes share the path: without this, Starlette's 405 would name the first's
+        # method alone in Allow.
+        return problem_response(
+            405, "/v1/reviews takes GET and POST", headers={"Allow": "GET, POST"}
+        )
+
     async def _publish(event: ReviewEvent, current: Return) -> Response:
         target_bus = bus()
         if target_bus is None:

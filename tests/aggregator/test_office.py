@@ -130,6 +130,14 @@ async def test_a_kpi_return_is_approved_locked_kept_aside_reopened_and_returned(
     assert aside["lock"]["event"] == body["review"]["event"]
     kpis = (await office.client.get("/v1/kpis/rd-boost-gva")).json()
     assert [p["actual"] for p in kpis["periods"]] == [1.5]
+    assert kpis["periods"][0]["approved"] is True
+    # The audit trail has it, marked as kept aside, after the approval (an event too).
+    trail = (await office.client.get("/v1/events", params={"kpi": "rd-boost-gva"})).json()
+    assert [(e["id"], e["kept_aside"]) for e in trail["events"]] == [
+        ("q1", False),
+        (body["review"]["event"]["id"], False),
+        ("q1-late", True),
+    ]
 
     # Approved: returning it needs a reopen first.
     refused = await office.review(

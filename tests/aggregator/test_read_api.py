@@ -529,6 +529,7 @@ async def test_events_audit_trail(stack: Stack) -> None:
         "stream_seq": 4,
         "data": EVENTS[3][2]["data"],
         "extensions": None,
+        "kept_aside": False,
     }
 
 

@@ -38,7 +38,11 @@ PROPOSAL_STATUS = table_of(ProposalStatus)
 NO_REFS: dict[str, None] = {c: None for c in ("milestone", "kpi", "period", "target", "held")}
 """The ``event`` table's reference columns, empty until the event's kind fills its own."""
 
-PUBLIC_COLUMNS = [*(EVENT.c[name] for name in EventBase.model_fields), EVENT.c.event_id.label("id")]
+PUBLIC_COLUMNS = [
+    *(EVENT.c[name] for name in EventBase.model_fields),
+    EVENT.c.event_id.label("id"),
+    EVENT.c.held.is_not(None).label("kept_aside"),
+]
 
 
 EVENT_ROW = [c.name for c in EVENT.columns]
