@@ -62,6 +62,7 @@ from shared.health import (
     rating_changes,
 )
 from shared.kinds import KINDS
+from shared.reviews import kpi_target
 
 log = logging.getLogger("cotn.aggregator.api")
 
@@ -276,7 +277,12 @@ async def read_board(
     """:func:`read_health` and the locks of the same view, read in one session."""
     async with sessions() as session:
         state = await queries.load_state(session=session, as_at=view.as_at, known_at=view.known_at)
-        locks = await returns.locks(session=session, as_at=view.as_at, known_at=view.known_at)
+        locks = await returns.locks(
+            session=session,
+            targets=returns.shown_targets(state),
+            as_at=view.as_at,
+            known_at=view.known_at,
+        )
     return programme_health(catalogue, state, rated_at(view, clock)), locks
 
 
@@ -485,7 +491,12 @@ def build_read_router(
             reports = await queries.kpi_log(
                 session=session, kpis=[kpi.id], as_at=view.as_at, known_at=view.known_at
             )
-            locks = await returns.locks(session=session, as_at=view.as_at, known_at=view.known_at)
+            locks = await returns.locks(
+                session=session,
+                targets={kpi_target(r.kpi, r.period, r.source) for r in reports},
+                as_at=view.as_at,
+                known_at=view.known_at,
+            )
         at = rated_at(view, clock)
         health = ProgrammeHealth(
             at=at,

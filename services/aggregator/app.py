@@ -296,6 +296,7 @@ def create_app(
             sessions=aggregator.read_session,
             clock=clock,
             operational=aggregator.metrics,
+            office_every=settings.office_metrics_seconds,
         )
     )
     return app

@@ -1,13 +1,15 @@
 """``/metrics``: the operational registry plus programme gauges read from stored state.
 
 Programme metrics come from stored state, not process memory: each scrape loads it, rates
-it (the same :func:`~services.aggregator.api.read_health` as ``/v1/programme``) and
+it (the same :func:`~services.aggregator.api.read_board` as ``/v1/programme``) and
 renders the typed health records, never the read API's response data, so a restart or a
 second replica exports the same values (CONTRACT §6). While the database cannot answer, a
 scrape still succeeds, in the way of Prometheus exporters whose backend is down:
 ``cotn_aggregator_database_up`` turns 0 and the programme gauges repeat the last read, so
 the stall alert (a timestamp against ``time()``) keeps its course instead of resolving
 until the database is back. A process that has never read the store exports no programme gauges.
+The reporting and review gauges are read from the same store in the background, at most
+every ``office_metrics_seconds`` (:class:`OfficeGauges`): they are the costly part at scale.
 
 The programme gauges are rendered by :func:`render_gauges`, which writes the text that
 prometheus_client's ``generate_latest`` writes for the same families (label names sorted,
@@ -17,7 +19,9 @@ thousand proposals has tens of thousands of series, scraped every few seconds.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC
 
@@ -32,9 +36,10 @@ from services.aggregator.api import (
     ProblemRoute,
     Sessions,
     log_unreadable,
-    read_health,
+    read_board,
 )
-from services.aggregator.board import milestone_counts, rag_value
+from services.aggregator.board import NO_LOCKS, Locks, milestone_counts, rag_value
+from services.aggregator.board import approved as approval
 from services.aggregator.office import read_reporting
 from services.aggregator.opmetrics import OperationalMetrics
 from services.aggregator.queries import collector_paused
@@ -42,7 +47,6 @@ from services.aggregator.returns import Queue, column_of_return, read_queue
 from shared.catalogue import Catalogue
 from shared.health import ProgrammeHealth
 from shared.reporting import STATES, ReturnKey, Status, silent_reporters
-from shared.reviews import kpi_target
 
 PROPOSAL_LABELS = ["column", "proposal"]
 
@@ -69,9 +73,11 @@ class Gauge:
 def programme_families(catalogue: Catalogue, health: ProgrammeHealth) -> list[GaugeMetricFamily]:
     """Every programme gauge of one snapshot (the office's with nothing owed nor
     received), as prometheus_client families."""
-    gauges = programme_gauges(catalogue, health) + office_gauges(
-        catalogue, health, [], [], NO_QUEUE
-    )
+    gauges = [
+        *programme_gauges(catalogue, health),
+        approval_gauge(catalogue, health, NO_LOCKS),
+        *office_gauges(catalogue, [], [], NO_QUEUE),
+    ]
     return [gauge.family() for gauge in gauges]
 
 
@@ -171,16 +177,29 @@ def programme_gauges(catalogue: Catalogue, health: ProgrammeHealth) -> list[Gaug
     ]
 
 
+def approval_gauge(catalogue: Catalogue, health: ProgrammeHealth, locks: Locks) -> Gauge:
+    """Whether the office approved each KPI's latest actual (the board's): a pure function."""
+    approved = Gauge(
+        "cotn_kpi_actual_approved",
+        "1 when the office approved the KPI's latest actual (cotn_kpi_value), else 0",
+        ["kpi"],
+    )
+    for kpi in catalogue.kpis:
+        k = health.kpis[kpi.id]
+        flag = approval(locks, kpi.id, k.actual_period, k.event.source if k.event else None)
+        if k.actual is not None and flag is not None:
+            approved.add_metric((kpi.id,), int(flag))
+    return approved
+
+
 def office_gauges(
     catalogue: Catalogue,
-    health: ProgrammeHealth,
     found: Sequence[Status],
     extra: Sequence[ReturnKey],
     queue: Queue,
 ) -> list[Gauge]:
     """The reporting and review gauges: each return owed by state, completeness and
-    timeliness per authority, the silent reporters, the review queue and the approval of
-    each KPI's actual; a pure function."""
+    timeliness per authority, the silent reporters and the review queue; a pure function."""
     returns_ = Gauge(
         "cotn_reporting_returns",
         "Returns owed by the authority for the period, by state (on_time, late, missing, "
@@ -220,11 +239,6 @@ def office_gauges(
     )
     kpi_returns = Gauge(
         "cotn_kpi_returns", "KPI returns received, by review state", ["kpi", "state"]
-    )
-    approved = Gauge(
-        "cotn_kpi_actual_approved",
-        "1 when the office approved the KPI's latest actual (cotn_kpi_value), else 0",
-        ["kpi"],
     )
     cells: dict[tuple[str, str, str], dict[str, int]] = {}
     rates: dict[tuple[str, str], list[int]] = {}
@@ -267,15 +281,8 @@ def office_gauges(
         aside.add_metric((column,), n)
     for (kpi_id, state), n in by_kpi.items():
         kpi_returns.add_metric((kpi_id, state), n)
-    locks = {r.target for r in queue.returns if r.state == "approved"}
-    for kpi in catalogue.kpis:
-        actual = health.kpis[kpi.id]
-        if actual.actual is not None and actual.actual_period and actual.event:
-            target = kpi_target(kpi.id, actual.actual_period, actual.event.source)
-            approved.add_metric((kpi.id,), int(target in locks))
     return [
         returns_, completeness_, timeliness, silent, waiting, returned, aside, kpi_returns,
-        approved,
     ]  # fmt: skip
 
 
@@ -332,17 +339,78 @@ def render_gauges(gauges: list[Gauge]) -> bytes:
     return "".join(out).encode()
 
 
+class OfficeGauges:
+    """The reporting and review gauges' text, read again in the background at most every
+    ``every`` seconds.
+
+    They rate every return owed against every return received and every review: at a
+    large programme's scale (figure 7 of ``make bench``) many times the cost of the rest of
+    a scrape, and they change with returns and reviews, not by the second. So a scrape
+    serves the last text and, once it is ``every`` seconds old, starts the next read
+    without waiting for it; only the first scrape waits, having nothing to serve. A second
+    replica reads the same store and so exports the same values, ``every`` seconds apart
+    at most.
+    """
+
+    def __init__(
+        self,
+        read: Callable[[], Awaitable[bytes]],
+        every: float,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._read = read
+        self._every = every
+        self._monotonic = monotonic
+        self._text: bytes | None = None
+        self._read_at = 0.0
+        self._refresh: asyncio.Task[None] | None = None
+
+    async def text(self) -> bytes:
+        """The gauges' text; raises what the store raises while nothing was ever read."""
+        if self._text is None:
+            await self._read_now()
+        elif self._monotonic() - self._read_at >= self._every and not self._refreshing():
+            self._refresh = asyncio.ensure_future(self._read_later())
+        return self._text or b""
+
+    def _refreshing(self) -> bool:
+        return self._refresh is not None and not self._refresh.done()
+
+    async def _read_now(self) -> None:
+        started = self._monotonic()
+        self._text = await self._read()
+        self._read_at = started
+
+    async def _read_later(self) -> None:
+        try:
+            await self._read_now()
+        except STORE_UNAVAILABLE as exc:  # the last text stays; the next scrape tries again
+            log_unreadable("/metrics (reporting)", exc)
+
+
 def build_metrics_router(
     *,
     catalogue: Catalogue,
     sessions: Sessions,
     clock: Clock,
     operational: OperationalMetrics,
+    office_every: float = 30.0,
 ) -> APIRouter:
     """``GET /metrics`` in the Prometheus text format: ``operational``'s registry, then the
-    programme gauges."""
+    programme gauges, then the reporting and review gauges (read every ``office_every``
+    seconds: :class:`OfficeGauges`)."""
     router = APIRouter(route_class=ProblemRoute)
     last_read = b""
+
+    async def read_office() -> bytes:
+        with collector_paused():
+            today = clock().astimezone(UTC).date()
+            found, extra = await read_reporting(catalogue=catalogue, sessions=sessions, today=today)
+            async with sessions() as session:
+                queue = await read_queue(session=session, catalogue=catalogue)
+            return render_gauges(office_gauges(catalogue, found, extra, queue))
+
+    office = OfficeGauges(read_office, office_every)
 
     @router.get(
         "/metrics",
@@ -355,17 +423,16 @@ def build_metrics_router(
         nonlocal last_read
         try:
             with collector_paused():
-                health = await read_health(catalogue=catalogue, sessions=sessions, clock=clock)
-                today = clock().astimezone(UTC).date()
-                found, extra = await read_reporting(
-                    catalogue=catalogue, sessions=sessions, today=today
+                health, locks = await read_board(
+                    catalogue=catalogue, sessions=sessions, clock=clock
                 )
-                async with sessions() as session:
-                    queue = await read_queue(session=session, catalogue=catalogue)
-                gauges = programme_gauges(catalogue, health)
-                gauges += office_gauges(catalogue, health, found, extra, queue)
+                gauges = [
+                    *programme_gauges(catalogue, health),
+                    approval_gauge(catalogue, health, locks),
+                ]
                 last_read = render_gauges(gauges)
-                del health, found, extra, queue  # freed inside the paused block
+                del health, locks, gauges  # freed inside the paused block
+            last_read += await office.text()
             operational.database_up.set(1)
         except STORE_UNAVAILABLE as exc:
             log_unreadable("/metrics", exc)

@@ -59,6 +59,7 @@ from shared.reporting import (
     statuses,
 )
 from shared.reviews import (
+    LOCKING,
     LOCKS_BUCKET,
     LOCKS_STREAM,
     Action,
@@ -617,7 +618,11 @@ def build_office_router(
         if isinstance(outcome, JSONResponse):
             return outcome
         if outcome == "already":
+            # Made before; its lock is set (or lifted) again, in case the bus failed then.
             assert current.review is not None
+            refused = await _settle_lock(current.review)
+            if refused is not None:
+                return refused
             return _result(current.state, current.review, current.target, stored=True, status=200)
         version = current.review.stream_seq if body.action == "reopen" and current.review else 0
         event = _review_event(
@@ -626,7 +631,7 @@ def build_office_router(
             version=version or current.stream_seq,
         )  # fmt: skip
         assert not isinstance(event, JSONResponse)
-        return await _publish(event, current)
+        return await _publish(event)
 
     @router.api_route(
         "/v1/reviews", methods=["PUT", "PATCH", "DELETE", "OPTIONS"], include_in_schema=False
@@ -638,44 +643,48 @@ def build_office_router(
             405, "/v1/reviews takes GET and POST", headers={"Allow": "GET, POST"}
         )
 
-    async def _publish(event: ReviewEvent, current: Return) -> Response:
+    async def _publish(event: ReviewEvent) -> Response:
         target_bus = bus()
-        if target_bus is None:
-            return problem_response(
-                503, "the event bus is not connected; retry", headers={"Retry-After": "5"}
-            )
         column, proposal = column_of_target(catalogue, event.data)
         try:
+            if target_bus is None:
+                raise ConnectionError("the event bus is not connected")
             await target_bus.publish(
                 event_subject(column, proposal, REVIEW_KIND.name),
                 msg_id(event.source, event.id),
                 event.model_dump_json(exclude_none=True).encode(),
             )
-            at = event.time.astimezone(UTC).isoformat().replace("+00:00", "Z")
-            lock = None
-            if event.data.action in ("approve", "verify"):
-                lock = Lock(event.data.target, event.data.action, event.source, at, event.id)
-                await target_bus.put_lock(lock)
-            elif current.state in ("approved", "verified"):
-                await target_bus.delete_lock(event.data.target)
         except Exception as exc:  # the bus refused or timed out: the same request is safe again
-            log.warning("review %s could not be published: %r", event.id, exc)
-            return problem_response(
-                503,
-                f"the event bus did not take the review ({type(exc).__name__}); retry the same "
-                "request: it is stored once",
-                headers={"Retry-After": "5"},
-            )
-        stored = await _stored(event)
+            return _bus_refused(event.id, exc)
         review = Review(
             target=event.data.target, action=event.data.action, stream_seq=0,
             source=event.source, event_id=event.id, event_time=event.time,
             reason=event.data.reason,
         )  # fmt: skip
+        refused = await _settle_lock(review)
+        if refused is not None:
+            return refused
+        stored = await _stored(event)
         state = {"approve": "approved", "verify": "verified", "return": "returned"}.get(
             event.data.action, "submitted"
         )
-        return _result(state, review, event.data.target, stored=stored, status=201, lock=lock)
+        return _result(state, review, event.data.target, stored=stored, status=201)
+
+    async def _settle_lock(review: Review) -> JSONResponse | None:
+        """Put the lock an approval or verification sets, or delete the one a reopen lifts
+        (a delete of no lock is harmless); None when done, else the 503 to answer (the same
+        request is safe again)."""
+        target_bus = bus()
+        try:
+            if target_bus is None:
+                raise ConnectionError("the event bus is not connected")
+            if review.action in LOCKING:
+                await target_bus.put_lock(lock_of_review(review))
+            elif review.action == "reopen":
+                await target_bus.delete_lock(review.target)
+        except Exception as exc:
+            return _bus_refused(review.event_id, exc)
+        return None
 
     async def _stored(event: ReviewEvent) -> bool:
         """Wait (a few seconds at most) until the consumer has stored the review, so the
@@ -854,6 +863,8 @@ def _transition(action: Action, current: Return) -> Transition | JSONResponse:
                 f"is {state} by {current.review.source if current.review else 'the office'}",
             )
         return "new"
+    if state == "submitted" and current.review is not None:
+        return "already"  # reopened before, and nothing received since
     if state == "submitted":
         return _refuse(
             409,
@@ -864,18 +875,24 @@ def _transition(action: Action, current: Return) -> Transition | JSONResponse:
     return "new"
 
 
-def _result(
-    state: str,
-    review: Review,
-    target: str,
-    *,
-    stored: bool,
-    status: int,
-    lock: Lock | None = None,
-) -> JSONResponse:
-    if lock is None and state in ("approved", "verified"):
-        at = review.event_time.astimezone(UTC).isoformat().replace("+00:00", "Z")
-        lock = Lock(target, review.action, review.source, at, review.event_id)
+def lock_of_review(review: Review) -> Lock:
+    """The lock an approval or verification sets, as the locks bucket holds it."""
+    at = review.event_time.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return Lock(review.target, review.action, review.source, at, review.event_id)
+
+
+def _bus_refused(review_id: str, exc: BaseException) -> JSONResponse:
+    log.warning("review %s could not be published or its lock set: %r", review_id, exc)
+    return problem_response(
+        503,
+        f"the event bus did not take the review or its lock ({type(exc).__name__}); retry the "
+        "same request: the review is stored once",
+        headers={"Retry-After": "5"},
+    )
+
+
+def _result(state: str, review: Review, target: str, *, stored: bool, status: int) -> JSONResponse:
+    lock = lock_of_review(review) if state in ("approved", "verified") else None
     body = ReviewResult.model_validate(
         {
             "state": state,

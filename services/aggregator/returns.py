@@ -26,6 +26,7 @@ from services.aggregator.storage.log import (
     tuples,
 )
 from shared.catalogue import Catalogue
+from shared.health import ProgrammeState
 from shared.kinds.kpi import TYPE as KPI_TYPE
 from shared.kinds.milestone import MILESTONE_STATE
 from shared.kinds.milestone import TYPE as MILESTONE_TYPE
@@ -34,6 +35,7 @@ from shared.reporting import ReturnKey, update_period
 from shared.reviews import (
     Review,
     ReviewState,
+    kpi_target,
     lock_of,
     milestone_target,
     parse_target,
@@ -260,19 +262,46 @@ async def return_of(
     return found[0] if found else None
 
 
+TARGETS_PER_QUERY = 5000
+"""Targets named in one ``IN`` (SQLite takes at most 32,766 parameters a statement)."""
+
+
+def shown_targets(state: ProgrammeState) -> set[str]:
+    """The returns a board of ``state`` shows: each KPI observation's, each completion's."""
+    targets = {
+        milestone_target(m.proposal, m.milestone)
+        for m in state.milestones.values()
+        if m.status == "completed"
+    }
+    for observations in state.kpi_observations.values():
+        targets.update(kpi_target(o.kpi, o.period, o.source) for o in observations)
+    return targets
+
+
 async def locks(
-    *, session: AsyncSession, as_at: datetime | None = None, known_at: datetime | None = None
+    *,
+    session: AsyncSession,
+    targets: Iterable[str],
+    as_at: datetime | None = None,
+    known_at: datetime | None = None,
 ) -> dict[str, Review]:
-    """Each locked target and the approval or verification that locks it; for a view, the
-    locks its reviews set (reviews whose time is not after ``as_at``, stored by
-    ``known_at``)."""
+    """Which of ``targets`` are locked, each with the approval or verification that locks
+    it; for a view, the locks its reviews set (reviews whose time is not after ``as_at``,
+    stored by ``known_at``). Reads only those targets' reviews (``ix_event_target``)."""
     where = []
     if as_at is not None:
         where.append(EVENT.c.event_time <= as_at)
     if known_at is not None:
         where.append(EVENT.c.received_at <= known_at)
-    reviews = await all_reviews(session=session, where=where)
-    return {target: lock for target, of_target in reviews.items() if (lock := lock_of(of_target))}
+    wanted = sorted(targets)
+    found: dict[str, Review] = {}
+    for start in range(0, len(wanted), TARGETS_PER_QUERY):
+        chunk = wanted[start : start + TARGETS_PER_QUERY]
+        reviews = await all_reviews(session=session, where=[EVENT.c.target.in_(chunk), *where])
+        found.update(
+            (target, lock) for target, of_target in reviews.items() if (lock := lock_of(of_target))
+        )
+    return found
 
 
 @dataclass(frozen=True, slots=True)

@@ -89,6 +89,12 @@ class AggregatorSettings(NatsClientSettings):
         default=1.0, ge=0, description="Least time between two passes, however busy the stream"
     )
     backlog_interval_seconds: float = Field(default=5.0, gt=0)
+    office_metrics_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="How old /metrics lets its reporting and review gauges grow before it "
+        "reads them again, in the background",
+    )
     graceful_timeout_seconds: float = Field(
         default=15.0, gt=0, description="Time a batch in progress may take to finish on shutdown"
     )

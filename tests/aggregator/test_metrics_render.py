@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, date, datetime, timedelta
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.registry import Collector
 
+from services.aggregator.board import NO_LOCKS
 from services.aggregator.metrics import (
     NO_QUEUE,
     Gauge,
+    OfficeGauges,
+    approval_gauge,
     office_gauges,
     programme_families,
     programme_gauges,
@@ -90,7 +94,11 @@ def test_programme_gauges_match_prometheus_client_for_a_whole_board(catalogue: C
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Programme(catalogue, health))
     assert render_gauges(
-        programme_gauges(catalogue, health) + office_gauges(catalogue, health, [], [], NO_QUEUE)
+        [
+            *programme_gauges(catalogue, health),
+            approval_gauge(catalogue, health, NO_LOCKS),
+            *office_gauges(catalogue, [], [], NO_QUEUE),
+        ]
     ) == generate_latest(registry)
 
 
@@ -100,8 +108,7 @@ def test_office_gauges_match_prometheus_client(catalogue: Catalogue) -> None:
     received = {o.key: datetime(2025, 4, 2, tzinfo=UTC) for o in owed[::3]}
     received[("update", "2b", "cumbria", "2025-Q2")] = datetime(2025, 5, 2, tzinfo=UTC)
     found = statuses(owed, received, today)
-    health = programme_health(catalogue, ProgrammeState({}, {}), datetime(2025, 8, 1, tzinfo=UTC))
-    gauges = office_gauges(catalogue, health, found, extra_returns(owed, received), NO_QUEUE)
+    gauges = office_gauges(catalogue, found, extra_returns(owed, received), NO_QUEUE)
     expected = _exposition(gauges)
     assert render_gauges(gauges) == expected
     text = expected.decode()
@@ -120,3 +127,35 @@ class _Programme(Collector):
 
     def collect(self):  # type: ignore[no-untyped-def]
         return programme_families(self._catalogue, self._health)
+
+
+async def test_office_gauges_are_read_again_in_the_background_once_stale() -> None:
+    reads: list[int] = []
+    release = asyncio.Event()
+    now = [0.0]
+
+    async def read() -> bytes:
+        reads.append(len(reads))
+        if len(reads) > 1:
+            await release.wait()
+        if len(reads) == 3:
+            raise OSError("the database is away")
+        return f"read {len(reads)}\n".encode()
+
+    office = OfficeGauges(read, every=30.0, monotonic=lambda: now[0])
+    assert await office.text() == b"read 1\n"  # the first scrape waits: nothing to serve
+    now[0] = 29.0
+    assert await office.text() == b"read 1\n" and len(reads) == 1  # still fresh
+    now[0] = 30.0
+    assert await office.text() == b"read 1\n"  # stale: served, and read again meanwhile
+    assert await office.text() == b"read 1\n"  # one read at a time
+    release.set()
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert await office.text() == b"read 2\n" and len(reads) == 2
+    now[0] = 60.0
+    assert await office.text() == b"read 2\n"
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert await office.text() == b"read 2\n"  # a failed read keeps the last text
+    assert len(reads) == 3

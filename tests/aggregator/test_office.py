@@ -20,6 +20,7 @@ import pytest
 from nats.js.errors import KeyNotFoundError
 
 from services.aggregator.app import create_app
+from services.aggregator.office import NatsReviewBus
 from shared.natsserver import NatsServer
 from shared.periods import period_of
 from shared.reviews import LOCKS_BUCKET, Lock
@@ -303,3 +304,33 @@ async def test_completeness_and_silent_reporters_by_when_returns_were_received(
             answer = await office.client.get("/v1/reporting", params=params)
             assert answer.status_code == 422 and fields(answer) == [named], params
         assert (await office.client.get("/v1/reporting/nowhere")).status_code == 404
+
+
+async def test_a_lock_the_bus_did_not_take_is_set_when_the_review_is_sent_again(
+    office: Office, bus: Bus, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await bus.publish(kpi("q1", "rd-boost-gva", 1.5, "2025-Q1"))
+    await eventually(lambda: db.has_events(1), "the return")
+    put_lock = NatsReviewBus.put_lock
+    failures = [TimeoutError("the bucket did not answer")]
+
+    async def flaky(self: NatsReviewBus, lock: Lock) -> None:
+        if failures:
+            raise failures.pop()
+        await put_lock(self, lock)
+
+    monkeypatch.setattr(NatsReviewBus, "put_lock", flaky)
+    first = await office.review(**APPROVE)
+    assert first.status_code == 503 and first.headers["retry-after"] == "5", first.text
+    assert await lock_in_bucket(bus, TARGET) is None
+    # The review itself is on the stream; sending it again sets the lock, and stores nothing new.
+    again = await office.review(**APPROVE)
+    assert again.status_code in (200, 201), again.text
+    lock = await lock_in_bucket(bus, TARGET)
+    assert lock is not None and lock.review == again.json()["review"]["event"]["id"]
+    await eventually(lambda: _reviews(db, 1), "the review stored")
+    assert len(await db.events(type="org.cotn.review.v1")) == 1
+
+
+async def _reviews(db: Database, n: int) -> bool:
+    return len(await db.events(type="org.cotn.review.v1")) >= n
