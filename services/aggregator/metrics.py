@@ -408,7 +408,8 @@ def build_metrics_router(
             found, extra = await read_reporting(catalogue=catalogue, sessions=sessions, today=today)
             async with sessions() as session:
                 queue = await read_queue(session=session, catalogue=catalogue)
-            return render_gauges(office_gauges(catalogue, found, extra, queue))
+            gauges = await asyncio.to_thread(office_gauges, catalogue, found, extra, queue)
+            return await asyncio.to_thread(render_gauges, gauges)
 
     office = OfficeGauges(read_office, office_every)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal, Protocol
 
@@ -344,11 +344,21 @@ async def read_reporting(
 ) -> tuple[list[Status], list[ReturnKey]]:
     """Each obligation's status at ``today`` and the returns nobody owed (``authority``'s
     only, if given)."""
-    owed = obligations(catalogue, today, authority)
     async with sessions() as session:
         received = await returns.received_returns(
             session=session, catalogue=catalogue, authority=authority
         )
+    # Rated in a thread: at a large programme's scale, seconds the event loop must not wait.
+    return await asyncio.to_thread(rate_returns, catalogue, today, authority, received)
+
+
+def rate_returns(
+    catalogue: Catalogue,
+    today: date,
+    authority: str | None,
+    received: Mapping[ReturnKey, datetime],
+) -> tuple[list[Status], list[ReturnKey]]:
+    owed = obligations(catalogue, today, authority)
     return statuses(owed, received, today), extra_returns(owed, received)
 
 

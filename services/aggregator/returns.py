@@ -9,6 +9,7 @@ reviews in stream order. Events a lock kept aside (``held``) are never a return.
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -150,8 +151,15 @@ async def kpi_returns(
         .join(newest, sa.and_(e.target == newest.c.target, e.stream_seq == newest.c.seq))
         .order_by(e.received_at, e.stream_seq),
     )  # fmt: skip
+    # Rated in a thread: at a large programme's scale, seconds the event loop must not wait.
+    return await asyncio.to_thread(_kpi_returns, catalogue, reviews, tuples(rows))
+
+
+def _kpi_returns(
+    catalogue: Catalogue, reviews: dict[str, list[Review]], rows: list[tuple[Any, ...]]
+) -> list[Return]:
     out = []
-    for target, kpi, period, source, event_id, seq, received_at, value in tuples(rows):
+    for target, kpi, period, source, event_id, seq, received_at, value in rows:
         if kpi not in catalogue.kpi_by_id:
             continue
         state, review = review_state(seq, reviews.get(target, []))
