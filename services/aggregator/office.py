@@ -47,6 +47,7 @@ from shared.bus import event_subject, msg_id
 from shared.catalogue import Catalogue
 from shared.kinds.review import KIND as REVIEW_KIND
 from shared.kinds.review import ReviewEvent, column_of_target
+from shared.periods import PERIOD_PATTERN
 from shared.reporting import (
     Completeness,
     ReturnKey,
@@ -451,7 +452,7 @@ def build_office_router(
         period: Annotated[
             str | None,
             Query(
-                pattern=r"^\d{4}(-Q[1-4]|-(0[1-9]|1[0-2]))?$",
+                pattern=PERIOD_PATTERN,
                 description="Only this period (2026, 2026-Q3 or 2026-07)",
             ),
         ] = None,
