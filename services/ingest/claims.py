@@ -97,6 +97,15 @@ async def claim(bucket: KeyValue, msg_id: str, wanted: Claim) -> Claimed:
         return Claimed(held=Claim.decode(entry.value))
 
 
+async def claim_of(bucket: KeyValue, msg_id: str) -> Claim | None:
+    """The claim that holds ``msg_id``, or None (never claimed, or withdrawn)."""
+    try:
+        entry = await bucket.get(claim_key(msg_id))
+    except KeyNotFoundError:
+        return None
+    return Claim.decode(entry.value) if entry.value else None
+
+
 async def withdraw(bucket: KeyValue, msg_id: str, revision: int) -> None:
     """Withdraw a claim made by this request, unless another has replaced it since."""
     await bucket.delete(claim_key(msg_id), last=revision)

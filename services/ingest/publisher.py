@@ -29,6 +29,7 @@ from services.ingest.claims import (
     CREATE_ONLY,
     Claim,
     claim,
+    claim_of,
     claim_subject,
     is_taken,
     withdraw,
@@ -242,6 +243,23 @@ class EventBus:
             )
         assert self._bucket is not None
         return self._acks, self._bucket
+
+    async def resent(self, messages: Sequence[BusMessage]) -> list[bool]:
+        """Whether each message was accepted before with the same content (its claim holds
+        the same digest): a resend. Reads the claims; makes none."""
+        client = self._client()
+        if client is None or not client.is_connected:
+            raise BusUnavailable("not connected to NATS")
+        _, bucket = self._bus(client)
+        found = await asyncio.gather(
+            *(claim_of(bucket, m.msg_id) for m in messages), return_exceptions=True
+        )
+        out = []
+        for message, held in zip(messages, found, strict=True):
+            if isinstance(held, BaseException):
+                raise BusUnavailable(f"a claim could not be read ({held!r})")
+            out.append(held is not None and held.digest == message.claim.digest)
+        return out
 
     async def publish(self, messages: Sequence[BusMessage]) -> list[bool]:
         """Claim every message's id, then publish them all, many acks pending; True where

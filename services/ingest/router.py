@@ -26,7 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from services.ingest import openapi
-from services.ingest.checking import CheckedBatch, check_events, raw_type
+from services.ingest.checking import CheckedBatch, CheckedEvent, check_events, raw_type
 from services.ingest.decoding import (
     Mode,
     binary_event,
@@ -35,7 +35,7 @@ from services.ingest.decoding import (
     decode_json,
     read_capped,
 )
-from services.ingest.locks import LOCKED, LockWatcher, lock_problem
+from services.ingest.locks import LOCKED, lock_problem
 from services.ingest.metrics import OFFICE_AUTHORITY, UNKNOWN_AUTHORITY, IngestMetrics
 from services.ingest.problems import ProblemError, problem_response
 from services.ingest.publisher import BusUnavailable, Conflicts, EventBus
@@ -43,6 +43,7 @@ from services.ingest.ratelimit import RateLimiter
 from services.ingest.settings import IngestSettings
 from shared.catalogue import Catalogue
 from shared.problems import Problem
+from shared.reviews import Lock
 from shared.tokens import TokenRecord, TokenStore, TokenUsage
 
 log = logging.getLogger("cotn.ingest")
@@ -195,9 +196,9 @@ async def _ingest(request: Request, context: IngestContext, token: TokenRecord) 
         raise _refusal(batch, raws)
     if not batch.fresh:  # an empty batch, which CloudEvents allows: nothing to publish
         return _result(batch, [], context.metrics, token.authority)
-    if locked := _locked(batch, raws, context.bus.locks):
-        raise locked
     try:
+        if held := await _locked(batch, context.bus):
+            raise _lock_refusal(held, raws)
         already_stored = await context.bus.publish([c.message for c in batch.fresh])
     except Conflicts as conflicts:
         raise _conflict(batch, raws, conflicts) from None
@@ -249,16 +250,24 @@ def _refuse_office(token: TokenRecord) -> None:
         )
 
 
-def _locked(batch: CheckedBatch, raws: Sequence[Any], locks: LockWatcher) -> ProblemError | None:
-    """The 409 for the events whose return is locked, from the watcher's memory; None when
-    no event of the batch is for a locked return."""
+async def _locked(batch: CheckedBatch, bus: EventBus) -> list[tuple[CheckedEvent, Lock]]:
+    """The events of the batch whose return is locked (from the watcher's memory), but for
+    resends: an event accepted before the lock, sent again with the same content, is
+    published and answered under ``duplicates`` like any resend (stored once; kept aside
+    should it never have landed). The claims are read only when an event is locked."""
     held = [
         (event, lock)
         for event in batch.fresh
-        if event.target is not None and (lock := locks.lock_of(event.target)) is not None
+        if event.target is not None and (lock := bus.locks.lock_of(event.target)) is not None
     ]
     if not held:
-        return None
+        return held
+    resent = await bus.resent([event.message for event, _ in held])
+    return [pair for pair, again in zip(held, resent, strict=True) if not again]
+
+
+def _lock_refusal(held: list[tuple[CheckedEvent, Lock]], raws: Sequence[Any]) -> ProblemError:
+    """The 409 for the events whose return is locked."""
     return ProblemError(
         409,
         LOCKED,

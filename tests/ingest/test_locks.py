@@ -170,6 +170,27 @@ async def test_an_approved_kpi_return_is_refused_until_reopened(
     assert len(await stream.landed([late["id"], other["id"]], source=REPORTER)) == 2
 
 
+async def test_a_resend_of_an_event_accepted_before_the_lock_is_a_duplicate(
+    service: Ingest, stream: StreamProbe, locks: Locks
+) -> None:
+    token = service.app.state.ingest.tokens.create(REPORTER)[0]
+    before = kpi(period=LOCKED_PERIOD, source=REPORTER)
+    assert (await service.post(before, token=token)).status_code == 202
+    await locks.lock(APPROVAL)
+    await until_watched(service, KPI_TARGET)
+
+    # The same event again: a retry, answered as such (stored once), not refused.
+    again = await service.post([before], token=token, content_type=CE_BATCH)
+    assert again.status_code == 202, again.text
+    assert again.json() == {"accepted": [], "duplicates": [before["id"]]}
+    # A correction under a new id, or changed content under the old one, is refused.
+    corrected = kpi(period=LOCKED_PERIOD, source=REPORTER, value=181.0)
+    assert_locked(await service.post(corrected, token=token), "data.period", APPROVAL)
+    changed = {**before, "data": {**before["data"], "value": 182.0}}
+    assert_locked(await service.post(changed, token=token), "data.period", APPROVAL)
+    assert await stream.landed([corrected["id"]], source=REPORTER) == []
+
+
 async def test_a_verified_completion_is_refused(
     service: Ingest, stream: StreamProbe, locks: Locks
 ) -> None:
