@@ -81,6 +81,8 @@ def test_the_live_update_arrives_without_a_reload(page: Any, stack: Stack) -> No
     page.evaluate("window.__sameDocument = true")
     last = page.locator("#proposal-2b .last-progress")
     expect(last).to_have_text("No reports yet")
+    # A keyboard user on 2b's link keeps their place through the update.
+    page.locator("#proposal-2b a").first.focus()
     stack.post(
         "collaboration",
         "northern-gritstone",
@@ -91,6 +93,7 @@ def test_the_live_update_arrives_without_a_reload(page: Any, stack: Stack) -> No
     expect(page.locator("#proposal-2b")).to_contain_text("Milestone blocked")
     expect(page.locator("#live-status")).to_contain_text("Updated at")
     assert page.evaluate("window.__sameDocument") is True
+    assert page.evaluate("document.activeElement.getAttribute('href')") == "/proposals/2b"
 
 
 def test_the_proposal_page_updates_live_too(page: Any, stack: Stack) -> None:
