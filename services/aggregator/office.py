@@ -403,6 +403,9 @@ Bearer = Annotated[
     ),
 ]
 
+AuthorityFilter = Annotated[str | None, Query(description="Only this authority's returns")]
+ColumnFilter = Annotated[str | None, Query(description="Only this column's returns")]
+
 UNAUTHORISED = problem_doc(401)
 FORBIDDEN = problem_doc(403)
 CONFLICT = problem_doc(409)
@@ -447,8 +450,8 @@ def build_office_router(
         responses={**UNPROCESSABLE, **UNAVAILABLE},
     )
     async def get_reporting(
-        authority: Annotated[str | None, Query(description="Only this authority")] = None,
-        column: Annotated[str | None, Query(description="Only this column's returns")] = None,
+        authority: AuthorityFilter = None,
+        column: ColumnFilter = None,
         period: Annotated[
             str | None,
             Query(
@@ -530,8 +533,8 @@ def build_office_router(
         responses={**UNPROCESSABLE, **UNAVAILABLE},
     )
     async def get_reviews(
-        column: Annotated[str | None, Query(description="Only this column's returns")] = None,
-        authority: Annotated[str | None, Query(description="Only this authority's")] = None,
+        column: ColumnFilter = None,
+        authority: AuthorityFilter = None,
         kind: Annotated[
             Literal["kpi", "milestone"] | None,
             Query(description="Only KPI returns or only completions"),
