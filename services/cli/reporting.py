@@ -142,10 +142,23 @@ def print_json(document: Document) -> None:
 
 
 def table(title: str, columns: Sequence[str]) -> Table:
-    """A plain table; a column name ending in ``>`` is right-justified (numbers)."""
-    shown = Table(title=Text(title), title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
+    """A plain table; a column name ending in ``>`` is right-justified (numbers). Text that
+    does not fit folds onto the next line: an id cut to "cumb…" identifies nothing."""
+    shown = Table(
+        title=Text(title),
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
+        collapse_padding=True,
+        pad_edge=False,
+    )
     for name in columns:
-        shown.add_column(name.removesuffix(">"), justify="right" if name.endswith(">") else "left")
+        if name.endswith(">"):  # as wide as the header's longest word, or "100 %"
+            header = name.removesuffix(">")
+            width = max(5, *(len(word) for word in header.split()))
+            shown.add_column(header, justify="right", min_width=width, max_width=width)
+        else:
+            shown.add_column(name, overflow="fold", min_width=max(len(name), 7))
     return shown
 
 
@@ -186,16 +199,18 @@ def completeness_table(
         [
             "authority",
             "period",
-            "expected>",
+            "owed>",
             "on time>",
             "late>",
             "missing>",
             "pending>",
             "extra>",
-            "completeness>",
-            "timeliness>",
+            "rate>",
+            "timely>",
         ],
     )
+    shown.caption = "rate: received of those due; timely: received on time of those due"
+    shown.caption_justify = "left"
     for r in rows:
         shown.add_row(
             cell(r["authority"]),
@@ -253,12 +268,11 @@ def owed_table(title: str, rows: Sequence[Document], received: bool = False) -> 
 
 
 def returned_table(rows: Sequence[Document], title: str = "Returned for correction") -> Table:
-    shown = table(title, ["return", "reporter", "value", "returned by", "at", "reason"])
+    shown = table(title, ["return", "value", "returned by", "at", "reason"])
     for r in rows:
         review = r.get("review") or {}
         shown.add_row(
             cell(r["target"]),
-            cell(r["reporter"]),
             cell(r.get("value")),
             cell(review.get("by")),
             day(review.get("at")),

@@ -93,19 +93,13 @@ def _reviewed(review: Mapping[str, Any] | None) -> Text:
 
 
 def waiting_table(rows: Sequence[Document]) -> Table:
-    shown = table(
-        "Waiting for review, oldest first", ["return", "reporter", "value", "received", "event"]
-    )
+    # The return is named by its target, as the review commands take it (its reporter last);
+    # its event's source is the reporter, so the event is named by its id.
+    shown = table("Waiting for review, oldest first", ["return", "value", "received", "event id"])
     for r in rows:
         value = r.get("value") if r["kind"] == "kpi" else "completed"
         event = r.get("event") or {}
-        shown.add_row(
-            cell(r["target"]),
-            cell(r["reporter"]),
-            cell(value),
-            day(r["received_at"]),
-            cell(f"{event.get('source')} {event.get('id')}"),
-        )
+        shown.add_row(cell(r["target"]), cell(value), day(r["received_at"]), cell(event.get("id")))
     return shown
 
 
