@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import io
 import logging
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -122,25 +123,45 @@ class Aggregator:
         self._spawn(self._bring_up())
 
     async def stop(self) -> None:
-        """Finish the batch in progress, stop the loops, drain NATS, close the database."""
+        """Finish the batch in progress, stop the loops, drain NATS, close the database.
+
+        Each step has the graceful timeout: one that overruns is logged with where it
+        waits and left behind, so shutdown always ends. Nothing is lost by that: a batch
+        whose store is abandoned was not acknowledged, and comes back to the next consumer,
+        which stores each of its events once (the unique key)."""
         for subscriber in self.broker.subscribers:
-            await subscriber.stop()
-        await self.consumer.drain()
+            await self._within("stopping the events subscriber", subscriber.stop())
+        if not await self._within("the batch being stored", self.consumer.drain()):
+            await self._within("abandoning the batch being stored", self.consumer.abandon())
         self.status.stop()
         if self._status_task is not None:
-            with suppress(TimeoutError):
-                await asyncio.wait_for(
-                    asyncio.shield(self._status_task), self.settings.graceful_timeout_seconds
-                )
+            await self._within("the status pass", asyncio.shield(self._status_task))
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with suppress(asyncio.CancelledError):
-                await task
+                await self._within("a background task", task)
         self._tasks.clear()
-        await self.broker.stop()
-        await self.engine.dispose()
+        await self._within("draining NATS", self.broker.stop())
+        await self._within("closing the database", self.engine.dispose())
         self.stage = "stopped"
+
+    async def _within(self, what: str, step: Awaitable[object]) -> bool:
+        """Await one shutdown step for at most the graceful timeout; whether it finished."""
+        task = asyncio.ensure_future(step)
+        timeout = self.settings.graceful_timeout_seconds
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        if not done:
+            where = io.StringIO()
+            task.print_stack(file=where)
+            log.error(
+                "shutdown: %s took over %.0fs; left behind. %s", what, timeout, where.getvalue()
+            )
+            task.cancel()
+            return False
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("shutdown: %s failed (%s: %s)", what, type(exc).__name__, exc)
+        return True
 
     def ready(self) -> tuple[bool, str]:
         """(ready, detail) for ``/readyz``: consuming, connected and the database answering."""

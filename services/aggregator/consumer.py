@@ -344,6 +344,18 @@ class BatchConsumer:
         if self._storing is storing:
             self._storing = None
 
+    async def abandon(self) -> None:
+        """Cancel the batch being stored (at shutdown, when it would not finish): its
+        transaction rolls back or has committed, and either way its messages, never
+        acknowledged, are delivered again and stored once."""
+        storing = self._storing
+        if storing is None:
+            return
+        storing.cancel()
+        with suppress(asyncio.CancelledError):
+            await storing
+        self._storing = None
+
     async def _store_and_settle(
         self, messages: Sequence[Msg], batch: SortedBatch, started: float
     ) -> None:

@@ -387,3 +387,42 @@ async def test_two_replicas_store_every_event_once(
     assert {k: s.event_id for k, s in state.milestones.items()} == {
         k: v[2] for k, v in newest.items()
     }
+
+
+async def test_a_store_that_never_finishes_does_not_hold_shutdown_and_loses_nothing(
+    fresh_nats: NatsServer,
+    bus: Bus,
+    db: Database,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Shutdown gives each step the graceful timeout: a store stuck inside its transaction
+    (the writes done, the commit never reached) is abandoned, its transaction rolls back,
+    and the next aggregator stores the batch once."""
+    from services.aggregator import consumer
+
+    stuck = asyncio.Event()
+    real_store = consumer.store_batch
+
+    async def store_then_hang(**kw: Any) -> Any:
+        outcome = await real_store(**kw)
+        stuck.set()
+        await asyncio.Event().wait()  # never set: the commit is never reached
+        return outcome
+
+    bodies = [milestone(f"s{i}", "2a", "adoption-priorities", "in_progress") for i in range(3)]
+    await bus.publish_all(bodies)
+    settings = settings_for(fresh_nats.url, database_url, graceful_timeout_seconds=1)
+    monkeypatch.setattr(consumer, "store_batch", store_then_hang)
+    loop = asyncio.get_running_loop()
+    async with running(settings):
+        await asyncio.wait_for(stuck.wait(), timeout=20)
+        stopping = loop.time()
+    # Subscriber, store, status pass, tasks, NATS, database: a few timeouts at most.
+    assert loop.time() - stopping < 10
+    assert (await db.counts())["events"] == 0  # rolled back, never acknowledged
+    monkeypatch.setattr(consumer, "store_batch", real_store)
+    async with running(settings_for(fresh_nats.url, database_url, ack_wait_seconds=2)) as again:
+        await eventually(lambda: db.has_events(3), "the abandoned batch stored by the next run")
+        assert persisted(again) == 3
+    assert [e.id for e in await db.events()] == [b["id"] for b in bodies]
