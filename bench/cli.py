@@ -24,7 +24,7 @@ from typing import Any
 
 from rich.console import Console
 
-from bench import figures, history, reporting, scale
+from bench import exports, figures, history, reporting, scale
 from bench.context import Context, Sizes
 from bench.harness import DEFAULT_PG, PG_ENV, ROOT, Bench, machine, pg_version, versions
 from bench.results import markdown, show, write
@@ -40,6 +40,7 @@ STEPS: dict[str, Step] = {
     "scale": scale.scale,
     "history": history.history,
     "reporting": reporting.reporting,
+    "exports": exports.exports,
 }
 FIGURES: dict[str, list[str]] = {
     "bare": ["raw_publish", "raw_latency", "bare_loop"],
@@ -49,6 +50,7 @@ FIGURES: dict[str, list[str]] = {
     "scale": ["scale"],
     "history": ["history"],
     "reporting": ["reporting"],
+    "exports": ["exports"],
 }
 RESULTS_DIR = ROOT / "bench" / "results"
 

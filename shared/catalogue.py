@@ -8,6 +8,7 @@ with any problem and :func:`check_catalogue` lists every problem with its place.
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
 from datetime import date, timedelta
 from functools import cached_property
@@ -16,6 +17,8 @@ from typing import Annotated, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
+    AnyUrl,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -53,10 +56,48 @@ class Priority(_Model):
     text: str
 
 
+OrganisationType = Literal[10, 11, 15, 21, 22, 23, 24, 30, 40, 60, 70, 71, 72, 73, 80, 90]
+"""A code of IATI's OrganisationType codelist: 10 Government, 11 Local Government, 15 Other
+Public Sector, 21-24 NGOs, 30 Public Private Partnership, 40 Multilateral, 60 Foundation,
+70-73 Private Sector, 80 Academic, Training and Research, 90 Other."""
+
+_ORGANISATION_REF = re.compile(r"[A-Z]{2}-[A-Z0-9]+-[^\s/&|?]+")
+_IDENTIFIER_TEXT = re.compile(r"[^\s/&|?]+")
+
+
+def _organisation_ref(value: str) -> str:
+    if not _ORGANISATION_REF.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not an IATI organisation identifier: {{agency}}-{{number}}, as in "
+            "GB-COH-01234567, without spaces or any of / & | ?"
+        )
+    return value
+
+
+def _identifier_text(value: str) -> str:
+    if not _IDENTIFIER_TEXT.fullmatch(value):
+        raise ValueError(f"{value!r} may not be empty or hold spaces or any of / & | ?")
+    return value
+
+
+OrganisationRef = Annotated[str, AfterValidator(_organisation_ref)]
+"""An IATI organisation identifier: ``{registration agency}-{number}``, the agency a country
+(or XM, XI) code and a name (``GB-COH-01234567``); no spaces nor any of ``/&|?`` (the IATI
+rulesets refuse them in identifiers)."""
+
+
 class Authority(_Model):
     id: Id
     name: str
     kind: Literal["combined_authority", "strategic_authority", "body"]
+    iati_ref: OrganisationRef | None = Field(
+        default=None, description="Its IATI organisation identifier, if it has one"
+    )
+    iati_type: OrganisationType | None = Field(
+        default=None,
+        description="Its IATI organisation type; by default 11 (Local Government) for a "
+        "combined or strategic authority and none for a body",
+    )
 
 
 def _lag(value: object) -> object:
@@ -187,6 +228,45 @@ class Kpi(_Model):
     )
 
 
+DRAFT_REPORTING_ORG_REF = "GB-COTN-DRAFT"
+"""A placeholder, not a registered identifier: there is no ``GB-COTN`` registration agency."""
+
+
+class ReportingOrg(_Model):
+    """The organisation that publishes the programme to IATI (``reporting-org``)."""
+
+    ref: OrganisationRef = Field(
+        default=DRAFT_REPORTING_ORG_REF, description="Its registered IATI organisation identifier"
+    )
+    type: OrganisationType = Field(default=90, description="Its IATI organisation type")
+    name: str = Field(default="Convention of the North", min_length=1)
+    draft: bool = Field(
+        default=True,
+        description="The identifier is a placeholder until the programme office registers one",
+    )
+
+
+class Iati(_Model):
+    """How the programme is published as IATI activities (``shared/exports/iati.py``)."""
+
+    reporting_org: ReportingOrg = Field(default_factory=ReportingOrg)
+    activity_prefix: Annotated[str, AfterValidator(_identifier_text)] | None = Field(
+        default=None,
+        description="Activity identifiers are <prefix>-<proposal id>; the prefix is the "
+        "reporting organisation's ref or begins with it and a hyphen (default: the ref)",
+    )
+    sector_vocabulary_uri: AnyUrl | None = Field(
+        default=None,
+        description="Where the policy priorities, used as the reporting organisation's own "
+        "sector vocabulary (99), are published; omitted from the export when absent",
+    )
+
+    @property
+    def identifier_prefix(self) -> str:
+        """What every activity identifier starts with, before ``-<proposal id>``."""
+        return self.activity_prefix or self.reporting_org.ref
+
+
 class Catalogue(_Model):
     """The whole programme. Cross-references are checked after the fields."""
 
@@ -200,6 +280,9 @@ class Catalogue(_Model):
     proposals: list[Proposal]
     kpis: list[Kpi]
     authorities: list[Authority]
+    iati: Iati = Field(
+        default_factory=Iati, description="The reporting organisation and activity identifiers"
+    )
 
     @model_validator(mode="after")
     def _cross_references(self) -> Catalogue:
@@ -341,6 +424,7 @@ def _cross_reference_problems(cat: Catalogue) -> list[str]:
                     f"{before.id} ({before.due}); milestones must be in date order"
                 )
     problems += _dependency_problems(cat)
+    problems += _iati_problems(cat.iati)
     for kpi in cat.kpis:
         where = f"kpis[{kpi.id}]"
         if kpi.target.date <= kpi.baseline.date:
@@ -363,6 +447,17 @@ def _cross_reference_problems(cat: Catalogue) -> list[str]:
         if kpi.returns is not None:
             problems += _returns_problems(f"{where}.returns", kpi.returns, kpi.reporters)
     return problems
+
+
+def _iati_problems(iati: Iati) -> list[str]:
+    """IATI activity identifiers must begin with the reporting organisation's identifier."""
+    ref, prefix = iati.reporting_org.ref, iati.activity_prefix
+    if prefix is not None and prefix != ref and not prefix.startswith(f"{ref}-"):
+        return [
+            f"iati.activity_prefix: {prefix!r} does not begin with the reporting "
+            f"organisation's ref {ref!r} (use {ref!r} or {ref + '-...'!r})"
+        ]
+    return []
 
 
 def _returns_problems(where: str, returns: Returns, owers: list[str]) -> list[str]:

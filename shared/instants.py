@@ -20,5 +20,9 @@ def instant_of(value: str, now: datetime | None = None) -> str:
     except ValueError:
         datetime.fromisoformat(value.replace("Z", "+00:00"))  # ValueError if not a time
         return value
-    end = min(datetime.combine(day, dt_time.max, tzinfo=UTC), now or datetime.now(UTC))
-    return end.isoformat().replace("+00:00", "Z")
+    return end_of_day(day, now).isoformat().replace("+00:00", "Z")
+
+
+def end_of_day(day: date, now: datetime | None = None) -> datetime:
+    """The last instant of ``day`` (UTC), or ``now`` if that comes first."""
+    return min(datetime.combine(day, dt_time.max, tzinfo=UTC), now or datetime.now(UTC))

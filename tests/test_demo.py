@@ -314,3 +314,24 @@ async def test_demo_backfill_sent_again_stores_nothing_new(
     assert tally.locked <= 1
     assert tally.duplicates + tally.locked == len(feed.past)
     assert tally.failures == []
+
+
+@pytest.mark.slow
+def test_the_demo_history_exports_to_valid_iati_and_a_gmpp_return(
+    demo_stack: RunningStack,
+) -> None:
+    from lxml import etree
+    from test_export_iati import iati_rule_violations, iati_schema
+
+    demo_stack.wait_for_output("A correction of the approved return", timeout=60)
+    answer = httpx.get(demo_stack.url + "/v1/exports/iati-activities.xml", timeout=30)
+    assert answer.status_code == 200, answer.text
+    iati_schema().assertValid(etree.fromstring(answer.content))
+    assert iati_rule_violations(answer.content) == []
+    # The demo approved rd-boost-gva's return: an approved value is an IATI actual.
+    assert b"<actual " in answer.content
+    quarter = "2026-Q3"
+    gmpp = httpx.get(demo_stack.url + "/v1/exports/gmpp.json", params={"quarter": quarter})
+    assert gmpp.status_code == 200, gmpp.text
+    rows = gmpp.json()["rows"]
+    assert {r["dca"] for r in rows} <= {"Red", "Amber", "Green"} and len(rows) == 7

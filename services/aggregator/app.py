@@ -41,6 +41,7 @@ from services.aggregator.consumer import (
     subscribe_events,
 )
 from services.aggregator.db import make_engine, session_factory, upgrade
+from services.aggregator.exports import build_exports_router
 from services.aggregator.metrics import build_metrics_router
 from services.aggregator.office import NatsReviewBus, build_office_router
 from services.aggregator.opmetrics import OperationalMetrics
@@ -310,6 +311,9 @@ def create_app(
             tokens=TokenStore.in_dir(settings.data_dir),
             bus=aggregator.review_bus,
         )
+    )
+    app.include_router(
+        build_exports_router(catalogue=catalogue, sessions=aggregator.read_session, clock=clock)
     )
     app.include_router(
         build_metrics_router(

@@ -52,13 +52,22 @@ def _aware_min(column: sa.ColumnElement[datetime]) -> sa.ColumnElement[datetime]
 
 
 async def received_returns(
-    *, session: AsyncSession, catalogue: Catalogue, authority: str | None = None
+    *,
+    session: AsyncSession,
+    catalogue: Catalogue,
+    authority: str | None = None,
+    received_by: datetime | None = None,
 ) -> dict[ReturnKey, datetime]:
     """When the first return of each (kind, ref, authority, period) was stored (of
-    ``authority``'s only, if given): KPI returns by their period, progress updates
-    (milestone and update events) by the update period their own period lies in."""
+    ``authority``'s only, and stored by ``received_by``, if given): KPI returns by their
+    period, progress updates (milestone and update events) by the update period their own
+    period lies in."""
     e = EVENT.c
-    applied = sa.and_(e.held.is_(None), *([e.source == authority] if authority else []))
+    applied = sa.and_(
+        e.held.is_(None),
+        *([e.source == authority] if authority else []),
+        *([e.received_at <= received_by] if received_by else []),
+    )
     kpi_rows = await execute(
         session,
         sa.select(e.kpi, e.source, e.period, _aware_min(e.received_at))
