@@ -34,7 +34,6 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from services.aggregator.api import StoreNotReady, build_read_router
 from services.aggregator.consumer import (
     BatchConsumer,
-    adapt_pull_subscriptions,
     dlq_publisher,
     ensure_consumer,
     publish_dead_letter,
@@ -45,6 +44,7 @@ from services.aggregator.exports import build_exports_router
 from services.aggregator.metrics import build_metrics_router
 from services.aggregator.office import NatsReviewBus, build_office_router
 from services.aggregator.opmetrics import OperationalMetrics
+from services.aggregator.pulling import adapt_pull_subscriptions
 from services.aggregator.settings import AggregatorSettings
 from services.aggregator.status import StatusPublisher, publish_status, status_publisher
 from shared.bus import AGGREGATOR_DURABLE, EVENTS_STREAM, ensure_streams

@@ -39,7 +39,6 @@ from faststream.middlewares import AckPolicy
 from faststream.nats import JStream, NatsRouter, PullSub
 from faststream.nats.publisher.usecase import LogicPublisher
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy as JsAckPolicy
 from nats.js.api import ConsumerConfig, DeliverPolicy
@@ -48,6 +47,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from services.aggregator.opmetrics import OperationalMetrics
+from services.aggregator.pulling import consume_as_arrived
 from services.aggregator.settings import AggregatorSettings
 from services.aggregator.store import NO_REFS, BatchOutcome, NewEvent, store_batch
 from shared.bus import (
@@ -104,65 +104,6 @@ def consumer_config(settings: AggregatorSettings) -> ConsumerConfig:
 async def ensure_consumer(js: JetStreamContext, settings: AggregatorSettings) -> None:
     """Create the durable consumer, or bring an existing one to this configuration."""
     await js.add_consumer(EVENTS_STREAM, consumer_config(settings))
-
-
-def adapt_pull_subscriptions(js: JetStreamContext) -> None:
-    """Adapt the pull subscriptions ``js`` creates to the batch loop; run before it starts.
-
-    - **Timeouts**: nats-py 2.16's ``fetch`` sometimes raises a bare ``asyncio.TimeoutError``
-      (when a batch window runs out between its two pull requests); FastStream's batch loop
-      only expects ``nats.errors.TimeoutError``, so the bare one would kill the loop and the
-      messages it had collected would wait a whole ack_wait for redelivery.
-    - **Queued messages**: see :func:`take_queued_messages_at_once`.
-    """
-    pull_subscribe = js.pull_subscribe
-
-    async def subscribe(*args: Any, **kwargs: Any) -> JetStreamContext.PullSubscription:
-        subscription = await pull_subscribe(*args, **kwargs)
-        fetch = subscription.fetch
-
-        async def fetch_or_nats_timeout(*a: Any, **kw: Any) -> list[Msg]:
-            try:
-                return await fetch(*a, **kw)
-            except nats.errors.TimeoutError:
-                raise
-            except TimeoutError as exc:
-                raise nats.errors.TimeoutError from exc
-
-        subscription.fetch = fetch_or_nats_timeout  # type: ignore[method-assign]
-        take_queued_messages_at_once(subscription._sub)
-        return subscription
-
-    js.pull_subscribe = subscribe  # type: ignore[method-assign]
-
-
-def take_queued_messages_at_once(sub: Subscription) -> bool:
-    """Let ``sub.next_msg`` hand over a message already queued without a task per message.
-
-    ``fetch(500)`` calls ``next_msg`` once per message, and nats-py's ``next_msg`` makes a
-    task (named by a fresh UUID) and a ``wait_for`` each time, even when the message is
-    already in the queue: about a tenth of the consumer's time per event. A queued message
-    is taken here with nats-py's own bookkeeping (pending bytes, ``task_done``); otherwise,
-    and on a closed connection, nats-py's ``next_msg`` runs as before. Returns False, and
-    changes nothing, when this nats-py keeps its queue elsewhere.
-    """
-    queue = getattr(sub, "_pending_queue", None)
-    if not isinstance(queue, asyncio.Queue) or not isinstance(
-        getattr(sub, "_pending_size", None), int
-    ):
-        return False
-    next_msg = sub.next_msg
-
-    async def next_queued_msg(timeout: float | None = 1.0) -> Msg:  # noqa: ASYNC109 (nats-py's)
-        if queue.empty() or sub._conn.is_closed:
-            return await next_msg(timeout)
-        msg: Msg = queue.get_nowait()
-        sub._pending_size -= len(msg.data)
-        queue.task_done()
-        return msg
-
-    sub.next_msg = next_queued_msg  # type: ignore[method-assign]
-    return True
 
 
 def stream_position(msg: Msg) -> tuple[int, datetime]:
@@ -537,6 +478,8 @@ def subscribe_events(
         title="store_events",
         description="Stores every accepted event once, then acknowledges it",
     )
+
+    consume_as_arrived(subscriber)  # a batch is what has arrived: see pulling.py
 
     # Typed loosely on purpose: the handler gets nats-py Msg objects (see raw_messages), and
     # FastStream derives the AsyncAPI payload from this annotation, which Msg cannot give.

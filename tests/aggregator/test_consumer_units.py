@@ -21,8 +21,8 @@ from services.aggregator.consumer import (
     dead_letter_row,
     decode,
     stream_position,
-    take_queued_messages_at_once,
 )
+from services.aggregator.pulling import take_queued_messages_at_once
 from services.aggregator.settings import AggregatorSettings, async_database_url
 from shared.bus import EVENTS_SUBJECTS
 from shared.catalogue import Catalogue
