@@ -212,7 +212,9 @@ def plan_stack(
             env=_bus_env("COTN_INGEST_", url_of(ingest_user(column_id))),
         )
     parts += columns.values()
-    office = _office_part(log_dir, office_port(column_ids, port), aggregator.url, data_dir)
+    office = _office_part(
+        log_dir, office_port(column_ids, port), aggregator.url, data_dir, catalogue_path
+    )
     parts.append(office)
     return Stack(
         parts,
@@ -227,9 +229,11 @@ def plan_stack(
     )
 
 
-def _office_part(log_dir: Path, port: int, aggregator_url: str, data_dir: Path) -> Part:
+def _office_part(
+    log_dir: Path, port: int, aggregator_url: str, data_dir: Path, catalogue_path: Path
+) -> Part:
     """The web board; open on loopback (development, unless COTN_ENV says otherwise), its
-    session key made for this run."""
+    session key made for this run, the run's catalogue (the exports page's quarters)."""
     return Part(
         name="office",
         argv=_serve_argv(
@@ -250,6 +254,7 @@ def _office_part(log_dir: Path, port: int, aggregator_url: str, data_dir: Path) 
         env={
             "COTN_ENV": os.environ.get("COTN_ENV", "development"),
             "COTN_OFFICE_SECRET_KEY": secrets.token_urlsafe(32),
+            "COTN_OFFICE_CATALOGUE": str(catalogue_path),
         },
     )
 

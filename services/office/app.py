@@ -23,6 +23,7 @@ from services.office.live import BoardWatcher
 from services.office.metrics import OfficeMetrics
 from services.office.routes import build_router
 from services.office.settings import OfficeSettings
+from shared.catalogue import load_catalogue
 from shared.tokens import TokenStore
 
 HERE = Path(__file__).parent
@@ -30,13 +31,19 @@ SESSION_COOKIE = "cotn_office_session"
 
 
 class Office:
-    """What the routes share: settings, the aggregator client, the poller, the token store."""
+    """What the routes share: settings, the aggregator client, the poller, the token store,
+    the programme's start."""
 
     def __init__(self, settings: OfficeSettings):
         self.settings = settings
         self.metrics = OfficeMetrics()
         self.http = httpx.AsyncClient(timeout=settings.request_timeout_seconds)
-        self.aggregator = AggregatorClient(self.http, settings.aggregator)
+        self.aggregator = AggregatorClient(
+            self.http, settings.aggregator, settings.export_timeout_seconds
+        )
+        # The read API does not give the programme's start, which the exports page needs
+        # for its quarters: it is read from the catalogue file, as the aggregator reads it.
+        self.programme_start = load_catalogue(settings.catalogue).programme_start
         self.watcher = BoardWatcher(
             self.aggregator,
             settings.poll_interval_seconds,

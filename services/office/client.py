@@ -1,13 +1,14 @@
 """The aggregator's read API as the office reads it: plain JSON over HTTP, never an import.
 
 Every failure (the aggregator down, an error answer, not JSON) is one
-:class:`AggregatorUnavailable` with a sentence a page can show.
+:class:`AggregatorUnavailable` with a sentence a page can show. The exports are bytes the
+office passes on as they are (:meth:`AggregatorClient.download`), with the same failures.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 import httpx
@@ -27,6 +28,13 @@ class UnknownQuery(ValueError):
     """The aggregator answered 422 to a query: its problem document's errors, as sentences."""
 
 
+class Download(NamedTuple):
+    """An export as the aggregator answered it: its bytes and their content type."""
+
+    body: bytes
+    content_type: str
+
+
 def _problem(response: httpx.Response) -> tuple[str, list[str]]:
     try:
         doc = response.json()
@@ -41,16 +49,28 @@ def _problem(response: httpx.Response) -> tuple[str, list[str]]:
 class AggregatorClient:
     """GETs on the read API (``/v1/programme``, ``/v1/proposals/{id}`` and its history,
     ``/v1/kpis`` and ``/v1/kpis/{id}``, ``/v1/events``, ``/v1/reporting`` and
-    ``/v1/reporting/{authority}``, ``/v1/reviews``)."""
+    ``/v1/reporting/{authority}``, ``/v1/reviews``) and its exports (``/v1/exports/…``).
 
-    def __init__(self, client: httpx.AsyncClient, base_url: str):
+    ``export_timeout`` (seconds) is the exports' own: at scale the aggregator takes seconds
+    to build one, far longer than a page's read may wait."""
+
+    def __init__(self, client: httpx.AsyncClient, base_url: str, export_timeout: float = 60.0):
         self._client = client
         self.base_url = base_url.rstrip("/")
+        self.export_timeout = export_timeout
 
-    async def get(self, path: str, params: Mapping[str, str | int] | None = None) -> Document:
+    async def _answer(
+        self,
+        path: str,
+        params: Mapping[str, str | int] | None,
+        wait_seconds: float | None = None,
+    ) -> httpx.Response:
+        """The aggregator's 200 answer to a GET (waiting the client's timeout, unless
+        ``wait_seconds``); anything else as this module's errors."""
         url = self.base_url + path
+        waits = httpx.USE_CLIENT_DEFAULT if wait_seconds is None else wait_seconds
         try:
-            response = await self._client.get(url, params=params)
+            response = await self._client.get(url, params=params, timeout=waits)
         except httpx.HTTPError as exc:
             raise AggregatorUnavailable(f"cannot reach the aggregator at {url}: {exc!s}") from exc
         if response.status_code == 404:
@@ -63,6 +83,10 @@ class AggregatorClient:
             raise AggregatorUnavailable(
                 f"the aggregator answered {response.status_code} for {path}: {detail}"
             )
+        return response
+
+    async def get(self, path: str, params: Mapping[str, str | int] | None = None) -> Document:
+        response = await self._answer(path, params)
         try:
             doc = response.json()
         except ValueError as exc:
@@ -70,6 +94,15 @@ class AggregatorClient:
         if not isinstance(doc, dict):
             raise AggregatorUnavailable(f"the aggregator answered {path} with no document")
         return doc
+
+    async def download(self, path: str, params: Mapping[str, str] | None = None) -> Download:
+        """An export's bytes and content type as the aggregator sent them: the office hands
+        on exactly what it made. Failures as :meth:`get`'s."""
+        response = await self._answer(path, params, wait_seconds=self.export_timeout)
+        content_type = response.headers.get("content-type")
+        if not content_type:
+            raise AggregatorUnavailable(f"the aggregator answered {path} with no content type")
+        return Download(response.content, content_type)
 
     async def programme(self, view: Mapping[str, str] | None = None) -> Document:
         """The board; ``view`` (as_at, known_at) for the board at a past instant."""
@@ -103,3 +136,13 @@ class AggregatorClient:
     async def reviews(self, params: Mapping[str, str]) -> Document:
         """The review queue: waiting, returned for correction, kept aside by a lock."""
         return await self.get("/v1/reviews", params)
+
+    async def iati_activities(self, as_at: str | None = None) -> Download:
+        """IATI 2.03 activities (XML) as at an instant (RFC 3339); None for now."""
+        return await self.download(
+            "/v1/exports/iati-activities.xml", {"as_at": as_at} if as_at else None
+        )
+
+    async def gmpp(self, quarter: str, form: str) -> Download:
+        """The GMPP-style return for ``quarter`` as ``form``: ``csv`` or ``json``."""
+        return await self.download(f"/v1/exports/gmpp.{form}", {"quarter": quarter})

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +33,7 @@ from services.office.access import (
     signed_in,
 )
 from services.office.charts import kpi_chart
-from services.office.client import AggregatorUnavailable, NotFound, UnknownQuery
+from services.office.client import AggregatorUnavailable, Download, NotFound, UnknownQuery
 from services.office.live import Snapshot
 from shared.instants import instant_of
 from shared.kinds import KINDS
@@ -46,6 +46,8 @@ KEEP_ALIVE_SECONDS = 15.0
 TEXT_TTL_SECONDS = 300.0
 HISTORY_TTL_SECONDS = 30.0
 PAGE_SIZES = (25, 50, 100)
+EXPORT_FORMATS = {"csv": "CSV (a spreadsheet)", "json": "JSON"}
+"""The GMPP-style return's formats: the aggregator's ``gmpp.csv`` and ``gmpp.json``."""
 VIEW_FIELDS = ("as_at", "known_at")
 """The as-at picker's fields: a date (its end, UTC; now for today) or an RFC 3339 time."""
 SECURITY_HEADERS = {
@@ -615,6 +617,130 @@ def build_router(office: Office) -> APIRouter:
         except AggregatorUnavailable as exc:
             return problem(request, "reviews", 503, "No data", str(exc))
         return render(request, "reviews.html", "reviews", **context)
+
+    def refusal(
+        export: str, reason: str, title: str = "This export cannot be made"
+    ) -> dict[str, str]:
+        """Why ``export`` (iati or gmpp) was not made, for the notice beside its form."""
+        return {"export": export, "title": title, "reason": reason}
+
+    def exports_page(
+        request: Request,
+        status: int = 200,
+        refused: dict[str, str] | None = None,
+        as_at: str = "",
+        quarter: str = "",
+        form: str = "csv",
+    ) -> HTMLResponse:
+        """The exports page: both forms, holding what was asked after a refusal, and which
+        export was refused (``refused``: export, title, reason)."""
+        today = datetime.now(UTC).date()
+        quarters = views.quarters_since(office.programme_start, today)
+        return render(
+            request,
+            "exports.html",
+            "exports",
+            status,
+            programme_start=views.day_label(office.programme_start),
+            today=today.isoformat(),
+            quarters=[(q, views.quarter_label(q, today)) for q in quarters],
+            formats=EXPORT_FORMATS,
+            chosen={
+                "as_at": as_at,
+                "quarter": quarter or views.last_ended_quarter(quarters, today) or "",
+                "format": form,
+            },
+            refused=refused,
+        )
+
+    async def export(
+        request: Request,
+        which: str,
+        read: Callable[[], Awaitable[Download]],
+        filename: str,
+        asked: dict[str, str],
+    ) -> Response:
+        """The aggregator's export ``which`` as a file to save (its bytes and content type
+        as it sent them), or the exports page saying why not (``asked``: the forms' values
+        to show again)."""
+        try:
+            download = await read()
+        except UnknownQuery as exc:  # a date or quarter it will not export, and why
+            return exports_page(request, 422, refusal(which, str(exc)), **asked)
+        except (AggregatorUnavailable, NotFound) as exc:  # NotFound: it has no exports yet
+            unanswered = refusal(which, str(exc), "No data: the aggregator did not answer")
+            return exports_page(request, 503, unanswered, **asked)
+        office.metrics.pages.labels(f"export-{which}", "200").inc()
+        return Response(
+            download.body,
+            media_type=download.content_type,
+            headers={
+                **SECURITY_HEADERS,
+                "Content-Disposition": f'attachment; filename="{filename}"',
+                "Cache-Control": "no-store",  # "as at now" is another file a minute later
+            },
+        )
+
+    @router.get("/exports", include_in_schema=False)
+    async def exports(request: Request) -> Response:
+        if (refused := gate(request, "exports")) is not None:
+            return refused
+        return exports_page(request)
+
+    @router.get("/exports/iati-activities.xml", include_in_schema=False)
+    async def iati_export(request: Request) -> Response:
+        if (refused := gate(request, "exports", ("as_at",))) is not None:
+            return refused
+        given = request.query_params.get("as_at", "").strip()
+        try:
+            # The as-at picker's rule: a date is the end of that day (now, for today).
+            instant = instant_of(given) if given else None
+        except ValueError:
+            reason = f"as_at: {given!r} is neither a date (2026-03-01) nor an RFC 3339 time"
+            return exports_page(request, 422, refusal("iati", reason), as_at=given)
+        return await export(
+            request,
+            "iati",
+            lambda: office.aggregator.iati_activities(instant),
+            f"cotn-iati-{views.file_stem(given) if given else 'now'}.xml",
+            {"as_at": given},
+        )
+
+    async def gmpp_export(request: Request, form: str) -> Response:
+        """The GMPP-style return for the quarter asked, as ``form`` (csv or json)."""
+        quarter = request.query_params.get("quarter", "").strip()
+        return await export(
+            request,
+            "gmpp",
+            lambda: office.aggregator.gmpp(quarter, form),  # it says what is wrong with one
+            f"cotn-gmpp-{views.file_stem(quarter)}.{form}",
+            {"quarter": quarter, "form": form},
+        )
+
+    @router.get("/exports/gmpp", include_in_schema=False)
+    async def gmpp_form(request: Request) -> Response:
+        """The GMPP form's target: a plain form cannot pick its action by a field, so the
+        format is a field here."""
+        if (refused := gate(request, "exports", ("quarter", "format"))) is not None:
+            return refused
+        form = request.query_params.get("format", "csv").strip()
+        if form not in EXPORT_FORMATS:
+            reason = f"format: {form!r} is not one of {', '.join(EXPORT_FORMATS)}"
+            quarter = request.query_params.get("quarter", "").strip()
+            return exports_page(request, 422, refusal("gmpp", reason), quarter=quarter)
+        return await gmpp_export(request, form)
+
+    @router.get("/exports/gmpp.csv", include_in_schema=False)
+    async def gmpp_csv(request: Request) -> Response:
+        if (refused := gate(request, "exports", ("quarter",))) is not None:
+            return refused
+        return await gmpp_export(request, "csv")
+
+    @router.get("/exports/gmpp.json", include_in_schema=False)
+    async def gmpp_json(request: Request) -> Response:
+        if (refused := gate(request, "exports", ("quarter",))) is not None:
+            return refused
+        return await gmpp_export(request, "json")
 
     @router.get("/login", include_in_schema=False)
     async def login_page(request: Request, next: str = "/") -> Response:

@@ -28,6 +28,11 @@ class OfficeSettings(BaseSettings):
     data_dir: Path = Field(
         default=Path(".cotn"), description="Where tokens.json lives (for the login)"
     )
+    catalogue: Path | None = Field(
+        default=None,
+        description="Catalogue file, for the programme's start only (the quarters the "
+        "exports page offers); None uses $COTN_CATALOGUE or the shipped one",
+    )
     secret_key: str = Field(
         default=PLACEHOLDER_SECRET,
         min_length=8,
@@ -40,6 +45,11 @@ class OfficeSettings(BaseSettings):
         default=10.0, gt=0, description="A board older than this is shown as stale"
     )
     request_timeout_seconds: float = Field(default=5.0, gt=0)
+    export_timeout_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long an export may take the aggregator (seconds each, at scale)",
+    )
     session_max_age_seconds: int = Field(default=8 * 3600, ge=60)
     environment: str = Field(
         default="production",

@@ -7,10 +7,13 @@ lay them out. Text from events stays data: nothing here builds HTML.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
+
+from shared.periods import period_end, period_of, period_start
 
 Document = Mapping[str, Any]
 
@@ -407,3 +410,37 @@ def quiet_of(board: Document | None, column: str | None) -> dict[str, list[Docum
             if m.get("overdue")
         ],
     }
+
+
+# -- exports -----------------------------------------------------------------------------
+
+
+def quarters_since(start: date, today: date) -> list[str]:
+    """The calendar quarters from the one holding ``start`` (the programme's) to the one
+    holding ``today``, newest first: those a GMPP-style return can be asked for."""
+    found = []
+    quarter = period_of(start, "quarterly")
+    while period_start(quarter) <= today:
+        found.append(quarter)
+        quarter = period_of(date.fromordinal(period_end(quarter).toordinal() + 1), "quarterly")
+    return found[::-1]
+
+
+def last_ended_quarter(quarters: list[str], today: date) -> str | None:
+    """The newest of ``quarters`` that has ended before ``today`` (the return people file),
+    else the newest one; None if there are none."""
+    ended = [q for q in quarters if period_end(q) < today]
+    return ended[0] if ended else (quarters[0] if quarters else None)
+
+
+def quarter_label(quarter: str, today: date) -> str:
+    """``2026-Q3: July to September 2026``; one still running says it is as at now."""
+    first, last = period_start(quarter), period_end(quarter)
+    label = f"{quarter}: {first:%B} to {last:%B %Y}"
+    return label + (" (so far: as at now)" if last >= today else "")
+
+
+def file_stem(value: str) -> str:
+    """``value`` made safe for a file name (and a quoted header): letters, digits, dots and
+    hyphens, anything else a hyphen. ``2026-09-30T12:00:00Z`` -> ``2026-09-30T12-00-00Z``."""
+    return re.sub(r"[^0-9A-Za-z.-]+", "-", value)
