@@ -598,9 +598,61 @@ def programme_health(catalogue: Catalogue, state: ProgrammeState, now: datetime)
     return ProgrammeHealth(at=now, proposals=proposals, kpis=kpis)
 
 
-# History: the same rating, at each instant the rating could change.
+# When a rating expires: the clock alone changes it only at instants known in advance.
 
 EPSILON = timedelta(microseconds=1)
+ONE_HOUR = timedelta(hours=1)
+
+
+def valid_until(catalogue: Catalogue, state: ProgrammeState, now: datetime) -> datetime:
+    """The earliest instant after ``now`` at which the clock alone can change the rating of
+    ``state``: :func:`programme_health` gives the same proposals and KPIs at every instant
+    of ``[now, valid_until)``.
+
+    Due dates, grace periods counted from them, forecasts and KPI expected values move by
+    the UTC day, so the next midnight bounds it; within the day, a proposal's rating moves
+    when its quiet time passes half its stall threshold and the threshold (the rules
+    compare strictly, so just after), when a grace period that is not whole days ends, and,
+    while a reason counts the quiet time, when that count (days, or hours under a day)
+    ticks.
+    """
+    bound = _midnight(_today(now) + ONE_DAY)
+    for proposal in catalogue.proposals:
+        for instant in _clock_changes(catalogue, proposal, state, now):
+            if now < instant < bound:
+                bound = instant
+    return bound
+
+
+def _clock_changes(
+    catalogue: Catalogue, proposal: Proposal, state: ProgrammeState, now: datetime
+) -> list[datetime]:
+    """Instants at which time alone may change ``proposal``'s rating as of ``now``, besides
+    midnights; some may be past."""
+    states = state.milestones_by_proposal.get(proposal.id, {})
+    unfinished = [
+        m for m in proposal.milestones if (s := states.get(m.id)) is None or s.status != "completed"
+    ]
+    if not unfinished:  # neither stalls nor is overdue: only the KPIs' midnights remain
+        return []
+    out = [_late_from(m.due, proposal.overdue_grace)[1] for m in unfinished]
+    progress, _ = last_progress(proposal, state, catalogue.programme_start)
+    threshold = proposal.stall_threshold
+    out += [progress + threshold / 2 + EPSILON, progress + threshold + EPSILON]
+    quiet_for = now - progress
+    if quiet_for > threshold / 2:  # a stalled or ageing reason says how long it has been
+        out.append(progress + _next_count(quiet_for))
+    return out
+
+
+def _next_count(span: timedelta) -> timedelta:
+    """The shortest span longer than ``span`` that :func:`_days` says differently."""
+    if span >= ONE_DAY:
+        return timedelta(days=span.days + 1)
+    return (span // ONE_HOUR + 1) * ONE_HOUR
+
+
+# History: the same rating, at each instant the rating could change.
 
 
 class HistoryEntry(NamedTuple):

@@ -6,6 +6,7 @@ rule shows up as a changed table row rather than as a recomputation of the same 
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
@@ -29,6 +30,7 @@ from shared.health import (
     latest_observation,
     programme_health,
     proposal_history,
+    valid_until,
 )
 
 # Baseline and target dates are two non-leap years apart (730 days), so the end of the year
@@ -688,3 +690,118 @@ def test_history_marks_clock_changes() -> None:
     entries = proposal_history(CATALOGUE, proposal, [event, blocked], [], START + 21 * DAY)
     last = entries[-1]
     assert (last.at, last.cause, last.events) == (START + 20 * DAY, "event", (EventRef("a", "e2"),))
+
+
+# --- valid_until: how long a rating holds ---------------------------------------------
+
+# Hours, not days: thresholds, half thresholds and a grace that fall inside a day.
+HOURLY = Catalogue.model_validate(
+    {
+        "programme": "Hourly programme",
+        "status": "test",
+        "programme_start": "2025-01-01",
+        "columns": [{"id": "alpha", "title": "Alpha", "proposals": ["h1", "h2"]}],
+        "priorities": [{"id": 1, "title": "Priority", "text": "Text"}],
+        "authorities": [{"id": "auth-a", "name": "Authority A", "kind": "combined_authority"}],
+        "proposals": [
+            {
+                "id": pid,
+                "title": f"Proposal {pid}",
+                "priority": 1,
+                "text": "Text.",
+                "partners": ["auth-a"],
+                "stall_threshold": threshold,
+                "overdue_grace": "30h",
+                "milestones": [
+                    {"id": "a", "title": "A", "due": "2025-03-10"},
+                    {"id": "b", "title": "B", "due": "2025-03-20"},
+                ],
+            }
+            for pid, threshold in (("h1", "30h"), ("h2", "7h"))
+        ],
+        "kpis": [],
+    }
+)
+
+
+def _ratings(catalogue: Catalogue, st: ProgrammeState, now: datetime) -> tuple[object, object]:
+    """What a rating says, without the instant it was made at."""
+    health = programme_health(catalogue, st, now)
+    return health.proposals, health.kpis
+
+
+def _random_state(catalogue: Catalogue, rng: random.Random, around: datetime) -> ProgrammeState:
+    statuses = ["in_progress", "at_risk", "blocked", "completed"]
+    milestones = {}
+    for p in catalogue.proposals:
+        for m in p.milestones:
+            if rng.random() < 0.4:
+                when = around - timedelta(seconds=rng.randrange(0, 120 * 86400))
+                state_ = MilestoneState(p.id, m.id, rng.choice(statuses), when, "auth-a", "e")
+                milestones[(p.id, m.id)] = state_
+    observations: dict[str, list[KpiObservation]] = {}
+    for k in catalogue.kpis:
+        if rng.random() < 0.5:
+            value = rng.uniform(0.5, 1.5) * k.target.value
+            observations[k.id] = [KpiObservation(k.id, "2025", value, around, "auth-a", "k")]
+    return ProgrammeState(milestones=milestones, kpi_observations=observations)
+
+
+@pytest.mark.parametrize(
+    "catalogue", [CATALOGUE, HOURLY, SHIPPED], ids=["test", "hourly", "shipped"]
+)
+def test_a_rating_holds_until_valid_until(catalogue: Catalogue) -> None:
+    rng = random.Random(16)
+    for _ in range(60):
+        now = START + timedelta(
+            seconds=rng.randrange(0, 200 * 86400), microseconds=rng.randrange(10**6)
+        )
+        st = _random_state(catalogue, rng, now)
+        until = valid_until(catalogue, st, now)
+        assert now < until <= datetime.combine(now.date() + DAY, datetime.min.time(), UTC)
+        rated = _ratings(catalogue, st, now)
+        span = until - now
+        for instant in (until - EPSILON, now + span / 2, now + span * rng.random()):
+            assert _ratings(catalogue, st, instant) == rated, (now, instant, until)
+
+
+def test_valid_until_is_the_instant_a_stall_begins() -> None:
+    # h2 (7 h threshold) last reported at 09:00: ageing after 12:30, stalled after 16:00.
+    progress = at("2025-03-05T09:00")
+    st = state(
+        ms("a", "in_progress", progress, proposal="h2"),
+        ms("a", "completed", progress, proposal="h1"),
+        ms("b", "completed", progress, proposal="h1"),
+    )
+    now = at("2025-03-05T13:00")
+    ageing = _ratings(HOURLY, st, now)[0]["h2"]
+    assert (ageing.rag, ageing.stalled) == ("amber", False)
+    # The ageing reason counts whole hours: "4 hours" until 14:00.
+    assert valid_until(HOURLY, st, now) == at("2025-03-05T14:00")
+    # At 16:00 the count says "7 hours"; a microsecond later the quiet time is over the
+    # threshold (the rule compares strictly) and h2 is stalled.
+    assert valid_until(HOURLY, st, at("2025-03-05T15:30")) == at("2025-03-05T16:00")
+    until = valid_until(HOURLY, st, at("2025-03-05T16:00"))
+    assert until == progress + timedelta(hours=7) + EPSILON
+    before, after = (_ratings(HOURLY, st, t)[0]["h2"] for t in (until - EPSILON, until))
+    assert (before.stalled, after.stalled, after.rag) == (False, True, "red")
+
+
+def test_valid_until_is_the_end_of_a_grace_inside_a_day() -> None:
+    # h1's milestone a was due on 10 March: overdue from 11 March, beyond its 30 h grace at
+    # 06:00 on 12 March; progress kept fresh so no stall rule moves meanwhile.
+    st = state(ms("b", "in_progress", at("2025-03-12T01:00"), proposal="h1"))
+    now = at("2025-03-12T02:00")
+    until = valid_until(HOURLY, st, now)
+    assert until == at("2025-03-12T06:00")
+    before, after = (_ratings(HOURLY, st, t)[0]["h1"] for t in (until - EPSILON, until))
+    assert (before.rag, after.rag) == ("amber", "red")
+
+
+def test_a_finished_programme_changes_only_at_midnight() -> None:
+    done = [
+        ms(m.id, "completed", NOW - DAY, proposal=p.id)
+        for p in CATALOGUE.proposals
+        for m in p.milestones
+    ]
+    assert valid_until(CATALOGUE, state(*done), NOW) == at("2025-03-16T00:00")

@@ -1,9 +1,13 @@
 """The aggregator's read API (CONTRACT §5): the board, one proposal, KPIs, the audit trail.
 
-Every request reads the stored state in one session and rates it with
-:func:`shared.health.programme_health` at the injected clock's ``now``; nothing is cached,
-so two replicas over one database answer alike. With ``as_at`` or ``known_at`` the state
-is the one the log gives for that instant (``queries.load_state``), rated by the same
+The live board (``/v1/programme``, ``/v1/proposals/{id}``, ``/v1/kpis`` without ``as_at``
+or ``known_at``) is answered from the :class:`~services.aggregator.snapshot.LiveBoard`'s
+snapshot: the stored state rated with :func:`shared.health.programme_health`, encoded once,
+built again as soon as the store's version or the clock makes it stale, so every answer is
+the rating of ``now`` and two replicas over one database answer alike. Its answers carry a
+strong ``ETag`` and ``Cache-Control: no-cache``; an ``If-None-Match`` naming the current
+tag is answered ``304 Not Modified``. With ``as_at`` or ``known_at`` each request reads the
+state the log gives for that instant (``queries.load_state``) and rates it with the same
 function at that instant; history, changes and a KPI's series come from the same functions.
 Every route refuses a query parameter it does not take (422 naming it). Errors are RFC
 9457 problem documents (``application/problem+json``), including the 422 of a malformed
@@ -21,7 +25,7 @@ from datetime import datetime
 from http import HTTPStatus
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -51,6 +55,7 @@ from services.aggregator.board import (
     proposal_detail,
 )
 from services.aggregator.models import EventPublic
+from services.aggregator.snapshot import Encoded, LiveBoard
 from shared.catalogue import Catalogue
 from shared.events import Timestamp
 from shared.health import (
@@ -149,6 +154,53 @@ def problem_doc(status: int) -> dict[int | str, dict[str, Any]]:
     schema = Problem.model_json_schema()
     schema = _inline_refs(schema, schema.get("$defs", {}))
     return {status: {"description": _title(status), "content": {PROBLEM_JSON: {"schema": schema}}}}
+
+
+ETAG_HEADER = {
+    "description": "The answer's strong entity tag: send it as If-None-Match to revalidate",
+    "schema": {"type": "string"},
+}
+REVALIDATED: dict[int | str, dict[str, Any]] = {
+    200: {
+        "headers": {
+            "ETag": ETAG_HEADER,
+            "Cache-Control": {
+                "description": "no-cache: store it, but revalidate before each use",
+                "schema": {"type": "string"},
+            },
+        }
+    },
+    304: {
+        "description": "Not Modified: the live answer is still the one If-None-Match names "
+        "(no body)",
+        "headers": {"ETag": ETAG_HEADER},
+    },
+}
+"""The live board's answers: tagged, and revalidated with If-None-Match."""
+
+IfNoneMatch = Annotated[
+    str | None,
+    Header(
+        description="ETags of live answers already held (or *): 304 when the current one is "
+        "among them; ignored with as_at or known_at"
+    ),
+]
+
+
+def etag_matches(if_none_match: str, etag: str) -> bool:
+    """Whether an If-None-Match value names ``etag`` (RFC 9110 §13.1.2: ``*`` or a list,
+    compared weakly, so a ``W/`` prefix is ignored)."""
+    if if_none_match.strip() == "*":
+        return True
+    return any(tag.strip().removeprefix("W/") == etag for tag in if_none_match.split(","))
+
+
+def tagged(answer: Encoded, if_none_match: str | None) -> Response:
+    """The live answer with its ETag, or 304 if the client holds it already."""
+    headers = {"ETag": answer.etag, "Cache-Control": "no-cache"}
+    if if_none_match is not None and etag_matches(if_none_match, answer.etag):
+        return Response(status_code=304, headers=headers)
+    return Response(answer.body, media_type="application/json", headers=headers)
 
 
 NOT_FOUND = problem_doc(404)
@@ -334,9 +386,13 @@ def build_read_router(
     sessions: Sessions,
     clock: Clock,
     ready: Ready,
+    live: LiveBoard | None = None,
 ) -> APIRouter:
-    """The read API over the stored state; ``ready()`` answers ``(ready, detail)`` for /readyz."""
+    """The read API over the stored state; ``ready()`` answers ``(ready, detail)`` for /readyz.
+
+    ``live`` is the live board's snapshot holder, shared with ``/metrics`` when given."""
     router = APIRouter(route_class=ProblemRoute)
+    live = live or LiveBoard(catalogue=catalogue, sessions=sessions, clock=clock)
 
     async def snapshot(view: View = LIVE) -> ProgrammeHealth:
         return await read_health(catalogue=catalogue, sessions=sessions, clock=clock, view=view)
@@ -349,12 +405,16 @@ def build_read_router(
         tags=["board"],
         summary="The whole programme board",
         response_model=ProgrammeOut,
-        responses={**UNPROCESSABLE, **UNAVAILABLE},
+        responses={**REVALIDATED, **UNPROCESSABLE, **UNAVAILABLE},
     )
-    async def get_programme(as_at: AsAt = None, known_at: KnownAt = None) -> Response:
+    async def get_programme(
+        as_at: AsAt = None, known_at: KnownAt = None, if_none_match: IfNoneMatch = None
+    ) -> Response:
         view = view_of(as_at, known_at, clock)
         if isinstance(view, JSONResponse):
             return view
+        if view == LIVE:
+            return tagged((await live.snapshot()).programme, if_none_match)
         # Serialised straight from the board's plain data: at thousands of milestones a
         # model per milestone would cost more than rating the programme (see board.py).
         with queries.collector_paused():
@@ -367,16 +427,21 @@ def build_read_router(
         tags=["board"],
         summary="One proposal or gamechanger, with its text and KPIs",
         response_model=ProposalDetailOut,
-        responses={**NOT_FOUND, **UNPROCESSABLE, **UNAVAILABLE},
+        responses={**REVALIDATED, **NOT_FOUND, **UNPROCESSABLE, **UNAVAILABLE},
     )
     async def get_proposal(
-        proposal_id: str, as_at: AsAt = None, known_at: KnownAt = None
-    ) -> ProposalDetailOut | JSONResponse:
+        proposal_id: str,
+        as_at: AsAt = None,
+        known_at: KnownAt = None,
+        if_none_match: IfNoneMatch = None,
+    ) -> ProposalDetailOut | Response:
         if proposal_id not in catalogue.proposal_by_id:
             return unknown_proposal(catalogue, proposal_id)
         view = view_of(as_at, known_at, clock)
         if isinstance(view, JSONResponse):
             return view
+        if view == LIVE:
+            return tagged((await live.snapshot()).proposal(proposal_id), if_none_match)
         health, locks = await board(view)
         detail = proposal_detail(catalogue, health, proposal_id, view, locks)
         assert detail is not None  # the id was checked against the same catalogue
@@ -458,12 +523,16 @@ def build_read_router(
         tags=["board"],
         summary="Every KPI: actual, expected and target",
         response_model=KpiListOut,
-        responses={**UNPROCESSABLE, **UNAVAILABLE},
+        responses={**REVALIDATED, **UNPROCESSABLE, **UNAVAILABLE},
     )
-    async def get_kpis(as_at: AsAt = None, known_at: KnownAt = None) -> KpiListOut | JSONResponse:
+    async def get_kpis(
+        as_at: AsAt = None, known_at: KnownAt = None, if_none_match: IfNoneMatch = None
+    ) -> KpiListOut | Response:
         view = view_of(as_at, known_at, clock)
         if isinstance(view, JSONResponse):
             return view
+        if view == LIVE:
+            return tagged((await live.snapshot()).kpis, if_none_match)
         health, locks = await board(view)
         return kpi_list(catalogue, health, view, locks)
 

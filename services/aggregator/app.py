@@ -46,6 +46,7 @@ from services.aggregator.office import NatsReviewBus, build_office_router
 from services.aggregator.opmetrics import OperationalMetrics
 from services.aggregator.pulling import adapt_pull_subscriptions
 from services.aggregator.settings import AggregatorSettings
+from services.aggregator.snapshot import LiveBoard
 from services.aggregator.status import StatusPublisher, publish_status, status_publisher
 from shared.bus import AGGREGATOR_DURABLE, EVENTS_STREAM, ensure_streams
 from shared.catalogue import Catalogue, load_catalogue
@@ -295,12 +296,15 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.aggregator = aggregator
+    # One snapshot of the live board for the read API and /metrics.
+    live = LiveBoard(catalogue=catalogue, sessions=aggregator.read_session, clock=clock)
     app.include_router(
         build_read_router(
             catalogue=catalogue,
             sessions=aggregator.read_session,
             clock=clock,
             ready=aggregator.ready,
+            live=live,
         )
     )
     app.include_router(
@@ -322,6 +326,7 @@ def create_app(
             clock=clock,
             operational=aggregator.metrics,
             office_every=settings.office_metrics_seconds,
+            live=live,
         )
     )
     return app

@@ -125,7 +125,10 @@ KNOWN_AT_DOC = (
     "The instant asked for with ?known_at= (only events stored by then: the board as it "
     "was shown); null when not asked"
 )
-GENERATED_AT_DOC = "The instant rated: as_at if given, else known_at, else now"
+GENERATED_AT_DOC = (
+    "The instant rated: as_at if given, else known_at; for the live board, the time it was "
+    "last rated, which holds until an event or the clock changes the rating"
+)
 
 
 class ProposalOut(_Out):

@@ -1,11 +1,13 @@
 """``/metrics``: the operational registry plus programme gauges read from stored state.
 
-Programme metrics come from stored state, not process memory: each scrape loads it, rates
-it (the same :func:`~services.aggregator.api.read_board` as ``/v1/programme``) and
-renders the typed health records, never the read API's response data, so a restart or a
-second replica exports the same values (CONTRACT §6). While the database cannot answer, a
-scrape still succeeds, in the way of Prometheus exporters whose backend is down:
-``cotn_aggregator_database_up`` turns 0 and the programme gauges repeat the last read, so
+Programme metrics come from stored state, not process memory: each scrape renders the
+typed health records of the live board's snapshot (the same
+:class:`~services.aggregator.snapshot.LiveBoard` as ``/v1/programme``, rebuilt when the
+store's version or the clock makes it stale, the text rendered once per snapshot), never
+the read API's response data, so a restart or a second replica exports the same values
+(CONTRACT §6). While the database cannot answer, a scrape still succeeds, in the way of
+Prometheus exporters whose backend is down: ``cotn_aggregator_database_up`` turns 0 and
+the programme gauges repeat the last read, so
 the stall alert (a timestamp against ``time()``) keeps its course instead of resolving
 until the database is back. A process that has never read the store exports no programme gauges.
 The reporting and review gauges are read from the same store in the background, at most
@@ -36,7 +38,6 @@ from services.aggregator.api import (
     ProblemRoute,
     Sessions,
     log_unreadable,
-    read_board,
 )
 from services.aggregator.board import NO_LOCKS, Locks, milestone_counts, rag_value
 from services.aggregator.board import approved as approval
@@ -44,6 +45,7 @@ from services.aggregator.office import read_reporting
 from services.aggregator.opmetrics import OperationalMetrics
 from services.aggregator.queries import collector_paused
 from services.aggregator.returns import Queue, column_of_return, read_queue
+from services.aggregator.snapshot import LiveBoard
 from shared.catalogue import Catalogue
 from shared.health import ProgrammeHealth
 from shared.reporting import STATES, ReturnKey, Status, silent_reporters
@@ -395,11 +397,18 @@ def build_metrics_router(
     clock: Clock,
     operational: OperationalMetrics,
     office_every: float = 30.0,
+    live: LiveBoard | None = None,
 ) -> APIRouter:
     """``GET /metrics`` in the Prometheus text format: ``operational``'s registry, then the
-    programme gauges, then the reporting and review gauges (read every ``office_every``
-    seconds: :class:`OfficeGauges`)."""
+    programme gauges of ``live``'s snapshot (shared with the read API when given), then the
+    reporting and review gauges (read every ``office_every`` seconds: :class:`OfficeGauges`)."""
     router = APIRouter(route_class=ProblemRoute)
+    live = live or LiveBoard(catalogue=catalogue, sessions=sessions, clock=clock)
+
+    def render_programme(health: ProgrammeHealth, locks: Locks) -> bytes:
+        gauges = [*programme_gauges(catalogue, health), approval_gauge(catalogue, health, locks)]
+        return render_gauges(gauges)
+
     last_read = b""
 
     async def read_office() -> bytes:
@@ -423,16 +432,9 @@ def build_metrics_router(
     async def metrics() -> Response:
         nonlocal last_read
         try:
+            snapshot = await live.snapshot()
             with collector_paused():
-                health, locks = await read_board(
-                    catalogue=catalogue, sessions=sessions, clock=clock
-                )
-                gauges = [
-                    *programme_gauges(catalogue, health),
-                    approval_gauge(catalogue, health, locks),
-                ]
-                last_read = render_gauges(gauges)
-                del health, locks, gauges  # freed inside the paused block
+                last_read = snapshot.text("metrics", render_programme)
             last_read += await office.text()
             operational.database_up.set(1)
         except STORE_UNAVAILABLE as exc:

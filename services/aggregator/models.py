@@ -5,6 +5,7 @@ projections (``milestone_state``, ``kpi_observation``) hold, per key, the newest
 (event time, stream sequence) and can be rebuilt from ``event`` (see ``replay``).
 ``proposal_status`` is the last health the aggregator published per proposal.
 ``event_conflict`` and ``dead_letter`` keep what could not be stored as an event.
+``store_version`` counts the commits that changed what the board reads.
 
 The projections' tables are defined by their kinds (:mod:`shared.kinds`); column types,
 timezone-aware timestamps among them, by :mod:`shared.tables`.
@@ -99,6 +100,16 @@ class ProposalStatus(SQLModel, table=True):
     reasons: list[dict[str, Any]] = Field(default_factory=list, sa_type=JsonDocument)
     changed_at: datetime = _utc()
     version: int = 0
+
+
+class StoreVersion(SQLModel, table=True):
+    """One row counting the commits that changed what the board reads (the log, its
+    projections, which events are held): the read side rebuilds its snapshot when it moves."""
+
+    __tablename__ = "store_version"
+
+    id: int = Field(default=1, primary_key=True, sa_column_kwargs={"autoincrement": False})
+    version: int = Field(default=0, sa_type=sa.BigInteger)
 
 
 class EventConflict(SQLModel, table=True):

@@ -28,6 +28,7 @@ from services.aggregator.storage.log import (
     EVENT,
     PROPOSAL_STATUS,
     PUBLIC_COLUMNS,
+    STORE_VERSION_NOW,
     Condition,
     execute,
     log_rows,
@@ -244,3 +245,9 @@ async def proposal_statuses(*, session: AsyncSession) -> dict[str, tuple[str | N
         sa.select(PROPOSAL_STATUS.c.proposal, PROPOSAL_STATUS.c.rag, PROPOSAL_STATUS.c.stalled),
     )
     return {row.proposal: (row.rag, row.stalled) for row in rows}
+
+
+async def store_version(*, session: AsyncSession) -> int:
+    """The store's version, which every commit that changes what the board reads moves on
+    (``store_version``): one primary-key lookup; 0 before the first such commit."""
+    return (await execute(session, STORE_VERSION_NOW)).scalar_one_or_none() or 0

@@ -21,7 +21,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.aggregator.db import WRITER_OPTIONS, make_engine
-from services.aggregator.storage.log import EVENT, newest_of_each_key
+from services.aggregator.storage import BACKENDS
+from services.aggregator.storage.log import EVENT, bump_version, newest_of_each_key
 from shared.catalogue import Catalogue
 from shared.kinds import KINDS, EventKind, Projection
 from shared.tables import Id
@@ -39,6 +40,8 @@ async def replay(*, database_url: str, catalogue: Catalogue) -> int:
                 await connection.execute(sa.text(f"LOCK TABLE {names} IN EXCLUSIVE MODE"))
             for kind, projection in folding:
                 folded += await _rebuild(connection, kind, projection, catalogue)
+            # The projections may differ now: every reader's snapshot is stale.
+            await connection.execute(bump_version(BACKENDS[connection.dialect.name].insert))
     finally:
         await engine.dispose()
     return folded

@@ -31,6 +31,7 @@ from services.aggregator.storage.log import (
     NO_REFS,
     PROPOSAL_STATUS,
     NewEvent,
+    bump_version,
     execute,
     refold,
     review_of_event_row,
@@ -70,7 +71,9 @@ async def store_batch(
     dead_letters: Sequence[dict[str, Any]] = (),
     recorded_at: datetime,
 ) -> BatchOutcome:
-    """Store a batch: events once each, conflicts and dead letters aside, projections moved."""
+    """Store a batch: events once each, conflicts and dead letters aside, projections moved;
+    the store's version moved on when anything the board reads changed (an event stored,
+    which a review holding or releasing others always is)."""
     outcome = BatchOutcome()
     if dead_letters:
         outcome.dead_letters = await _insert_dead_letters(session, dead_letters)
@@ -91,6 +94,9 @@ async def store_batch(
     repeats = [e for e in events if e.key not in inserted or first[e.key] is not e]
     if repeats:
         outcome.duplicates, outcome.conflicts = await _record_repeats(session, repeats, recorded_at)
+    if inserted:
+        # Last, so the row is locked (PostgreSQL) only from here to the caller's commit.
+        await execute(session, bump_version(backend(session).insert))
     return outcome
 
 

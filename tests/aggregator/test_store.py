@@ -82,6 +82,26 @@ async def test_migrations_match_the_models(database_url: str) -> None:
     assert diff == []
 
 
+async def version(db: Database) -> int:
+    async with db.sessions() as session:
+        return await queries.store_version(session=session)
+
+
+async def test_the_store_version_moves_when_what_the_board_reads_changes(
+    db: Database, log: Log, database_url: str, catalogue: Catalogue
+) -> None:
+    assert await version(db) == 0  # as migrated
+    first = milestone("v1", "2a", "adoption-priorities", "in_progress")
+    await put(db, log(first))
+    assert await version(db) == 1
+    await put(db, log(first))  # a redelivery stores nothing: the board is as it was
+    assert await version(db) == 1
+    await put(db, log(milestone("v2", "2a", "adoption-priorities", "blocked"), first))
+    assert await version(db) == 2
+    await replay(database_url=database_url, catalogue=catalogue)
+    assert await version(db) == 3
+
+
 async def test_an_event_is_stored_once_and_a_changed_payload_is_a_conflict(
     db: Database, log: Log
 ) -> None:

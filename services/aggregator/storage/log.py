@@ -23,6 +23,7 @@ from services.aggregator.models import (
     EventBase,
     EventConflict,
     ProposalStatus,
+    StoreVersion,
 )
 from shared.kinds import KINDS, Projection
 from shared.kinds.base import Log
@@ -34,6 +35,7 @@ EVENT = table_of(Event)
 CONFLICT = table_of(EventConflict)
 DEAD_LETTER = table_of(DeadLetter)
 PROPOSAL_STATUS = table_of(ProposalStatus)
+STORE_VERSION = table_of(StoreVersion)
 
 NO_REFS: dict[str, None] = {c: None for c in ("milestone", "kpi", "period", "target", "held")}
 """The ``event`` table's reference columns, empty until the event's kind fills its own."""
@@ -67,6 +69,23 @@ async def execute(
     """Run a core statement (``rows``: many parameter sets) in the session's transaction."""
     connection = await session.connection()
     return await connection.execute(statement, rows)
+
+
+def bump_version(insert: Callable[[sa.Table], Any]) -> sa.Executable:
+    """Move the store's version on by one, in the writer's transaction (``insert``: the
+    dialect's, which has ON CONFLICT). The row is made if missing, as in a database whose
+    tables were made from the models rather than by the migrations."""
+    stmt = insert(STORE_VERSION).values(id=1, version=1)
+    return cast(
+        sa.Executable,
+        stmt.on_conflict_do_update(
+            index_elements=["id"], set_={"version": STORE_VERSION.c.version + 1}
+        ),
+    )
+
+
+STORE_VERSION_NOW = sa.select(STORE_VERSION.c.version).where(STORE_VERSION.c.id == 1)
+"""The store's version: one primary-key lookup (no row, as before any write, reads as 0)."""
 
 
 def tuples(result: sa.CursorResult[Any]) -> list[tuple[Any, ...]]:
