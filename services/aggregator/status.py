@@ -31,7 +31,14 @@ from services.aggregator.queries import load_state, proposal_statuses
 from services.aggregator.store import record_status_change
 from shared.bus import CONTENT_TYPE, MSG_ID_HEADER, STATUS_STREAM, msg_id, status_subject
 from shared.catalogue import Catalogue
-from shared.health import ProposalHealth, Rag, dependencies, kpis_health, proposal_health
+from shared.health import (
+    ProposalHealth,
+    Rag,
+    dependencies,
+    kpis_health,
+    proposal_health,
+    valid_until,
+)
 
 log = logging.getLogger("cotn.aggregator.status")
 
@@ -144,6 +151,8 @@ class StatusPublisher:
         self._min_gap = min(min_gap, interval)
         self._wake = asyncio.Event()
         self._stopped = asyncio.Event()
+        self._next_change: datetime | None = None
+        """When the clock alone next changes the rating of the state last passed over."""
 
     def poke(self) -> None:
         """Ask for a pass soon (after a batch stored something)."""
@@ -155,8 +164,18 @@ class StatusPublisher:
         self._stopped.set()
         self._wake.set()
 
+    def until_next_pass(self) -> float:
+        """Seconds to wait for a poke before passing anyway: until the clock alone next
+        changes the rating (a stall, half a threshold, a due date's morrow, a grace period's
+        end: :func:`~shared.health.valid_until`), at most ``interval`` less ``min_gap``."""
+        wait = self._interval - self._min_gap
+        if self._next_change is not None:
+            wait = min(wait, max(0.0, (self._next_change - self._clock()).total_seconds()))
+        return wait
+
     async def run(self) -> None:
-        """Pass after each poke (at most one per ``min_gap``) and every ``interval``."""
+        """Pass after each poke (at most one per ``min_gap``), at each instant the clock alone
+        changes the rating, and every ``interval``."""
         while not self._stopped.is_set():
             try:
                 await self.publish_changes()
@@ -166,7 +185,7 @@ class StatusPublisher:
             with suppress(TimeoutError):
                 await asyncio.wait_for(self._stopped.wait(), timeout=self._min_gap)
             with suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._interval - self._min_gap)
+                await asyncio.wait_for(self._wake.wait(), timeout=self.until_next_pass())
             self._wake.clear()
 
     async def publish_changes(self) -> list[StatusEvent]:
@@ -176,6 +195,7 @@ class StatusPublisher:
             state = await load_state(session=session)
             published = await proposal_statuses(session=session)
         catalogue = self._catalogue
+        self._next_change = valid_until(catalogue, state, now)
         kpis = kpis_health(catalogue, state, now)
         # Rated across proposals once: a dependant's status changes with its upstream's.
         deps = dependencies(catalogue, state, now)

@@ -14,11 +14,13 @@ import random
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
+import yaml
 from nats.aio.msg import Msg
 from sqlalchemy.engine import make_url
 
@@ -26,7 +28,7 @@ from services.aggregator.app import Aggregator
 from services.aggregator.replay import replay
 from services.aggregator.status import StatusEvent
 from shared.bus import AGGREGATOR_DURABLE, DLQ_STREAM, EVENTS_STREAM, STATUS_STREAM
-from shared.catalogue import Catalogue
+from shared.catalogue import Catalogue, load_catalogue
 from shared.natsserver import NatsServer
 
 from .harness import (
@@ -426,3 +428,44 @@ async def test_a_store_that_never_finishes_does_not_hold_shutdown_and_loses_noth
         await eventually(lambda: db.has_events(3), "the abandoned batch stored by the next run")
         assert persisted(again) == 3
     assert [e.id for e in await db.events()] == [b["id"] for b in bodies]
+
+
+async def test_a_stall_the_clock_alone_makes_is_published_at_its_instant(
+    fresh_nats: NatsServer, bus: Bus, database_url: str, tmp_path: Path
+) -> None:
+    """No event and no periodic pass: the status pass wakes when the clock alone changes
+    a rating (here 2a's stall threshold passing)."""
+    catalogue = load_catalogue()
+    document = catalogue.model_dump(mode="json")
+    threshold = 3.0
+    for proposal in document["proposals"]:
+        if proposal["id"] == "2a":
+            proposal["stall_threshold"] = f"{threshold:g}s"
+    path = tmp_path / "catalogue.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    settings = settings_for(
+        fresh_nats.url, database_url, catalogue=path, status_interval_seconds=600
+    )
+
+    def utc_now() -> datetime:
+        return datetime.now(UTC)
+
+    async def changes_of_2a() -> list[StatusEvent]:
+        return [
+            StatusEvent.model_validate_json(m.data)
+            for m in await bus.read_stream(STATUS_STREAM, "cotn.status.collaboration.2a")
+        ]
+
+    async with running(settings, utc_now):
+        progress = utc_now()
+        await bus.publish(milestone("now", "2a", "adoption-priorities", "in_progress", progress))
+
+        async def stalled() -> list[StatusEvent] | None:
+            found = await changes_of_2a()  # stalled at the start, moving, stalled again
+            return found if len(found) >= 3 and found[-1].data.stalled else None
+
+        # Far sooner than the 600 s between periodic passes.
+        found = await eventually(stalled, "2a stalled by the clock alone", within=threshold * 10)
+    # Its milestones are long overdue, so it is red throughout: the stall is the change.
+    assert [e.data.stalled for e in found][-2:] == [False, True]
+    assert found[-1].time >= progress + timedelta(seconds=threshold)
