@@ -64,15 +64,20 @@ class AggregatorClient:
         path: str,
         params: Mapping[str, str | int] | None,
         wait_seconds: float | None = None,
+        etag: str | None = None,
     ) -> httpx.Response:
         """The aggregator's 200 answer to a GET (waiting the client's timeout, unless
-        ``wait_seconds``); anything else as this module's errors."""
+        ``wait_seconds``), or its 304 when ``etag`` is still its answer's tag; anything else
+        as this module's errors."""
         url = self.base_url + path
         waits = httpx.USE_CLIENT_DEFAULT if wait_seconds is None else wait_seconds
+        headers = {} if etag is None else {"If-None-Match": etag}
         try:
-            response = await self._client.get(url, params=params, timeout=waits)
+            response = await self._client.get(url, params=params, timeout=waits, headers=headers)
         except httpx.HTTPError as exc:
             raise AggregatorUnavailable(f"cannot reach the aggregator at {url}: {exc!s}") from exc
+        if response.status_code == 304 and etag is not None:
+            return response
         if response.status_code == 404:
             raise NotFound(_problem(response)[0])
         if response.status_code == 422:
@@ -86,7 +91,9 @@ class AggregatorClient:
         return response
 
     async def get(self, path: str, params: Mapping[str, str | int] | None = None) -> Document:
-        response = await self._answer(path, params)
+        return self._document(path, await self._answer(path, params))
+
+    def _document(self, path: str, response: httpx.Response) -> Document:
         try:
             doc = response.json()
         except ValueError as exc:
@@ -107,6 +114,14 @@ class AggregatorClient:
     async def programme(self, view: Mapping[str, str] | None = None) -> Document:
         """The board; ``view`` (as_at, known_at) for the board at a past instant."""
         return await self.get("/v1/programme", view)
+
+    async def live_programme(self, etag: str | None) -> tuple[Document | None, str | None]:
+        """The live board and its ETag; (None, ``etag``) when the board is still the one
+        ``etag`` tags (a 304: nothing sent, nothing to decode)."""
+        response = await self._answer("/v1/programme", None, etag=etag)
+        if response.status_code == 304:
+            return None, etag
+        return self._document("/v1/programme", response), response.headers.get("etag")
 
     async def proposal(self, proposal_id: str, view: Mapping[str, str] | None = None) -> Document:
         return await self.get("/v1/proposals/" + quote(proposal_id, safe=""), view)

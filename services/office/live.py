@@ -39,7 +39,8 @@ def _digest(board: Document) -> str:
 
 
 class BoardWatcher:
-    """Reads ``/v1/programme`` every ``interval`` seconds; subscribers wait for a new version."""
+    """Reads ``/v1/programme`` every ``interval`` seconds (conditionally: an unchanged board
+    is a 304, nothing to decode); subscribers wait for a new version."""
 
     def __init__(
         self,
@@ -54,6 +55,8 @@ class BoardWatcher:
         self.stale_after = stale_after
         self._snapshot = Snapshot(None, None, None, None, 0)
         self._digest: str | None = None
+        self._etag: str | None = None
+        """The tag of the board last read: the aggregator answers 304 while it holds."""
         self._changed = asyncio.Event()
         self._was_stale = False
 
@@ -76,16 +79,23 @@ class BoardWatcher:
         """Read the board once; a new version when its content, or its being stale, changed."""
         old = self._snapshot
         try:
-            board = await self._client.programme()
+            # The tag goes only with a board in hand: after a failure the board is read whole.
+            board, etag = await self._client.live_programme(
+                self._etag if old.board is not None and old.error is None else None
+            )
         except AggregatorUnavailable as exc:
             self._on_read(False)
             news = old.error != str(exc)
             snapshot = Snapshot(old.board, old.read_at, old.read_at_wall, str(exc), old.version)
         else:
             self._on_read(True)
-            digest = _digest(board)
-            news = digest != self._digest or old.error is not None
-            self._digest = digest
+            self._etag = etag
+            if board is None:  # unchanged since the last read (304)
+                board, news = old.board, False
+            else:
+                digest = _digest(board)
+                news = digest != self._digest or old.error is not None
+                self._digest = digest
             snapshot = Snapshot(board, time.monotonic(), time.time(), None, old.version)
         stale = self.stale(snapshot)
         if news or stale != self._was_stale:

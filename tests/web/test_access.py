@@ -181,15 +181,22 @@ async def test_unknown_query_parameters_are_refused(tmp_path: Path) -> None:
 
 
 class Flaky:
-    """An aggregator client whose board read succeeds, then fails."""
+    """An aggregator client whose board read succeeds, then fails; it answers 304 to the
+    tag of its board, as the aggregator does, and records the tags it was sent."""
+
+    TAG = '"board-1"'
 
     def __init__(self) -> None:
         self.up = True
+        self.sent: list[str | None] = []
 
-    async def programme(self) -> dict[str, object]:
+    async def live_programme(self, etag: str | None) -> tuple[dict[str, object] | None, str]:
+        self.sent.append(etag)
         if not self.up:
             raise AggregatorUnavailable("cannot reach the aggregator")
-        return {"name": "p", "generated_at": "now", "columns": [], "kpis": []}
+        if etag == self.TAG:
+            return None, etag
+        return {"name": "p", "generated_at": "now", "columns": [], "kpis": []}, self.TAG
 
 
 async def test_a_failed_read_keeps_the_board_and_marks_it_stale() -> None:
@@ -199,6 +206,9 @@ async def test_a_failed_read_keeps_the_board_and_marks_it_stale() -> None:
     assert first.board is not None and not watcher.stale(first) and first.version == 1
     same = await watcher.refresh()
     assert same.version == 1  # nothing new: no push
+    # The second read sent the board's tag and got a 304: the board kept, read again now.
+    assert client.sent == [None, Flaky.TAG]
+    assert same.board == first.board and same.read_at is not None and same.read_at >= first.read_at
     client.up = False
     failed = await watcher.refresh()
     assert failed.board == first.board and failed.error and watcher.stale(failed)
@@ -206,6 +216,7 @@ async def test_a_failed_read_keeps_the_board_and_marks_it_stale() -> None:
     client.up = True
     back = await watcher.refresh()
     assert back.error is None and not watcher.stale(back) and back.version == 3
+    assert client.sent[-1] is None  # after a failure the board is read whole
 
 
 async def test_the_as_at_picker_takes_dates_and_says_why_not(tmp_path: Path) -> None:
