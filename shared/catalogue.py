@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
+from collections.abc import Iterable
 from datetime import date, timedelta
 from functools import cached_property
 from pathlib import Path
@@ -342,6 +343,27 @@ class Catalogue(_Model):
                         ((f.proposal or p.id, f.milestone), f.lag) for f in m.follows
                     )
         return out
+
+    @cached_property
+    def followers(self) -> dict[MilestoneKey, tuple[MilestoneKey, ...]]:
+        """Milestone -> the milestones that follow it directly (only those followed)."""
+        out: dict[MilestoneKey, list[MilestoneKey]] = {}
+        for key, preds in self.predecessors.items():
+            for pred, _lag in preds:
+                out.setdefault(pred, []).append(key)
+        return {pred: tuple(keys) for pred, keys in out.items()}
+
+    def downstream(self, keys: Iterable[MilestoneKey]) -> set[MilestoneKey]:
+        """``keys`` and every milestone that follows one of them, transitively."""
+        followers = self.followers
+        seen = set(keys)
+        todo = [k for k in seen if k in followers]
+        while todo:
+            for key in followers.get(todo.pop(), ()):
+                if key not in seen:
+                    seen.add(key)
+                    todo.append(key)
+        return seen
 
     @cached_property
     def upstream_of(self) -> dict[str, frozenset[str]]:

@@ -34,7 +34,7 @@ Every rating carries the :class:`Reason` list that produced it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from functools import cached_property, lru_cache
@@ -299,8 +299,14 @@ def _today(now: datetime) -> date:
     return now.astimezone(UTC).date()
 
 
-def dependencies(catalogue: Catalogue, state: ProgrammeState, now: datetime) -> Dependencies:
-    """Forecast finish and upstream risk of every milestone in the dependency graph.
+def dependencies(
+    catalogue: Catalogue,
+    state: ProgrammeState,
+    now: datetime,
+    only: Iterable[MilestoneKey] | None = None,
+) -> Dependencies:
+    """Forecast finish and upstream risk of every milestone in the dependency graph (with
+    ``only``, of those milestones and what they follow: the same values, for fewer).
 
     Only milestones that follow or are followed are visited, each once: a catalogue without
     dependencies costs nothing. The catalogue check refuses cycles, so the walk ends.
@@ -361,7 +367,7 @@ def dependencies(catalogue: Catalogue, state: ProgrammeState, now: datetime) -> 
         risks[key] = found
         return found
 
-    for key in predecessors:
+    for key in predecessors if only is None else [k for k in only if k in predecessors]:
         forecast(key)
         risk(key)
     return Dependencies(
@@ -411,11 +417,13 @@ def milestone_health(
 
 def newest_progress(proposal: Proposal, state: ProgrammeState) -> MilestoneState | None:
     """The proposal's newest milestone state (by event time), None before any."""
-    known = proposal.milestone_by_id
     states = state.milestones_by_proposal.get(proposal.id, {})
     newest: MilestoneState | None = None
-    for mid, s in states.items():
-        if mid in known and (newest is None or s.event_time > newest.event_time):
+    # In catalogue order, so that of two at one instant the first is the newest whatever
+    # order the states were loaded in (two replicas, or a state kept up to date, agree).
+    for m in proposal.milestones:
+        s = states.get(m.id)
+        if s is not None and (newest is None or s.event_time > newest.event_time):
             newest = s
     return newest
 
@@ -595,6 +603,90 @@ def programme_health(catalogue: Catalogue, state: ProgrammeState, now: datetime)
     proposals = {
         p.id: proposal_health(catalogue, p, state, kpis, now, deps) for p in catalogue.proposals
     }
+    return ProgrammeHealth(at=now, proposals=proposals, kpis=kpis)
+
+
+# Keeping a rating up to date: rate again only what a change of the state can move.
+
+
+class Touched(NamedTuple):
+    """What changed in a state since it was last rated: milestone keys and KPI ids."""
+
+    milestones: frozenset[MilestoneKey] = frozenset()
+    kpis: frozenset[str] = frozenset()
+
+
+def changed_state(
+    state: ProgrammeState,
+    milestones: Iterable[MilestoneState] = (),
+    observations: Iterable[KpiObservation] = (),
+) -> tuple[ProgrammeState, Touched]:
+    """``state`` with ``milestones`` and ``observations`` put in (each replaces the one of
+    its key: milestone, or KPI and period), and what that changed (a row equal to the one
+    held changes nothing). ``state`` is left as it was; what did not change is shared."""
+    by_key = dict(state.milestones)
+    grouped = dict(state.milestones_by_proposal)
+    touched_milestones: set[MilestoneKey] = set()
+    for s in milestones:
+        key = (s.proposal, s.milestone)
+        if by_key.get(key) != s:
+            by_key[key] = s
+            touched_milestones.add(key)
+    regrouped: dict[str, dict[str, MilestoneState]] = {}
+    for pid, mid in touched_milestones:
+        regrouped.setdefault(pid, {**grouped.get(pid, {})})[mid] = by_key[(pid, mid)]
+    grouped.update(regrouped)
+    kpi_observations = dict(state.kpi_observations)
+    touched_kpis: set[str] = set()
+    for o in observations:
+        held = {x.period: x for x in kpi_observations.get(o.kpi, ())}
+        if held.get(o.period) != o:
+            held[o.period] = o
+            # In period order, as the projection is read (see queries.load_state).
+            kpi_observations[o.kpi] = [held[p] for p in sorted(held)]
+            touched_kpis.add(o.kpi)
+    changed = ProgrammeState(milestones=by_key, kpi_observations=kpi_observations)
+    changed.__dict__["milestones_by_proposal"] = grouped  # the cached grouping, kept up to date
+    return changed, Touched(frozenset(touched_milestones), frozenset(touched_kpis))
+
+
+def rerate(
+    catalogue: Catalogue,
+    previous: ProgrammeHealth,
+    state: ProgrammeState,
+    touched: Touched,
+    now: datetime,
+    *,
+    holds_until: datetime,
+) -> ProgrammeHealth:
+    """:func:`programme_health` of ``state`` at ``now``, given ``previous``: the rating of
+    the state before ``touched`` changed, at ``previous.at``, which held until
+    ``holds_until`` (its :func:`valid_until`).
+
+    While the clock is within ``[previous.at, holds_until)`` it changes no rating, so only
+    what ``touched`` can move is rated again: the KPIs changed, the proposals whose
+    milestones changed or that a changed KPI evidences, and every proposal with a
+    milestone downstream of a changed one (its forecast and risk come from upstream); the
+    rest is ``previous``'s. Otherwise everything is rated again. Every rating is made by
+    the functions :func:`programme_health` calls: this only chooses what to call them for.
+    """
+    if not previous.at <= now < holds_until:
+        return programme_health(catalogue, state, now)
+    kpis = dict(previous.kpis)
+    again: set[str] = set()
+    for kid in touched.kpis:
+        kpi = catalogue.kpi_by_id.get(kid)
+        if kpi is not None:
+            kpis[kid] = kpi_health(kpi, state.kpi_observations.get(kid, ()), now)
+            again.update(kpi.evidences)
+    again.update(pid for pid, _ in catalogue.downstream(touched.milestones))
+    rate = [p for pid in again if (p := catalogue.proposal_by_id.get(pid)) is not None]
+    if not rate and not touched.kpis:
+        return ProgrammeHealth(at=now, proposals=previous.proposals, kpis=previous.kpis)
+    deps = dependencies(catalogue, state, now, [(p.id, m.id) for p in rate for m in p.milestones])
+    proposals = dict(previous.proposals)
+    for p in rate:
+        proposals[p.id] = proposal_health(catalogue, p, state, kpis, now, deps)
     return ProgrammeHealth(at=now, proposals=proposals, kpis=kpis)
 
 

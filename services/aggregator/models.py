@@ -110,6 +110,13 @@ class StoreVersion(SQLModel, table=True):
 
     id: int = Field(default=1, primary_key=True, sa_column_kwargs={"autoincrement": False})
     version: int = Field(default=0, sa_type=sa.BigInteger)
+    rebuilt: int = Field(
+        default=0,
+        sa_type=sa.BigInteger,
+        description="The last version whose commit may have taken rows out of a projection "
+        "or changed a lock (a review stored, a replay): a reader that follows the "
+        "projections by their rows' versions reads them whole again past it",
+    )
 
 
 class EventConflict(SQLModel, table=True):

@@ -28,6 +28,7 @@ from services.aggregator.storage.log import (
     EVENT,
     PROPOSAL_STATUS,
     PUBLIC_COLUMNS,
+    STORE_REBUILT,
     STORE_VERSION_NOW,
     Condition,
     execute,
@@ -92,12 +93,45 @@ async def load_state(
         session,
         sa.select(
             k.kpi, k.period, k.value, backend(session).aware(k.event_time), k.source, k.event_id
-        ).order_by(k.kpi, k.period),
+        ),
     )
     observations: dict[str, list[KpiObservation]] = defaultdict(list)
-    for kpi, period, value, event_time, source, event_id in tuples(rows):
+    # In period order as Python sorts, not as the database collates: the order a state kept
+    # up to date has too (shared.health.changed_state).
+    for kpi, period, value, event_time, source, event_id in sorted(tuples(rows)):
         observations[kpi].append(KpiObservation(kpi, period, value, event_time, source, event_id))
     return ProgrammeState(milestones=milestones, kpi_observations=dict(observations))
+
+
+async def changed_since(
+    *, session: AsyncSession, version: int
+) -> tuple[list[MilestoneState], list[KpiObservation]]:
+    """The projection rows written by the commits after the store's ``version`` (and any
+    committed while this reads): what :func:`load_state` would read differently. Rows
+    taken out of a projection are not among them (see :func:`store_rebuilt`)."""
+    aware = backend(session).aware
+    m = MILESTONE_STATE.c
+    rows = await execute(
+        session,
+        sa.select(
+            m.proposal, m.milestone, m.status, aware(m.event_time), m.source, m.event_id, m.note
+        ).where(m.version > version),
+    )
+    milestones = [MilestoneState(*row) for row in tuples(rows)]
+    k = KPI_OBSERVATION.c
+    rows = await execute(
+        session,
+        sa.select(k.kpi, k.period, k.value, aware(k.event_time), k.source, k.event_id).where(
+            k.version > version
+        ),
+    )
+    return milestones, [KpiObservation(*row) for row in tuples(rows)]
+
+
+async def store_rebuilt(*, session: AsyncSession) -> int:
+    """The last version whose commit may have taken rows out of a projection or changed a
+    lock (a review stored, a replay): past it, :func:`changed_since` does not tell all."""
+    return (await execute(session, STORE_REBUILT)).scalar_one_or_none() or 0
 
 
 async def _load_state_at(session: AsyncSession, where: list[Condition]) -> ProgrammeState:

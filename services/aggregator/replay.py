@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.aggregator.db import WRITER_OPTIONS, make_engine
 from services.aggregator.storage import BACKENDS
-from services.aggregator.storage.log import EVENT, bump_version, newest_of_each_key
+from services.aggregator.storage.log import EVENT, newest_of_each_key, set_version, take_version
 from shared.catalogue import Catalogue
 from shared.kinds import KINDS, EventKind, Projection
 from shared.tables import Id
@@ -34,14 +34,18 @@ async def replay(*, database_url: str, catalogue: Catalogue) -> int:
     folded = 0
     try:
         async with engine.execution_options(**WRITER_OPTIONS).begin() as connection:
+            # The version first, as a store takes it (then the projections: one lock order).
+            taken = await connection.execute(take_version(BACKENDS[connection.dialect.name].insert))
+            version = taken.scalar_one() + 1
             folding = [(k, p) for k in KINDS if (p := k.projection(EVENT)) is not None]
             if connection.dialect.name == "postgresql" and folding:
                 names = ", ".join(p.table.name for _, p in folding)
                 await connection.execute(sa.text(f"LOCK TABLE {names} IN EXCLUSIVE MODE"))
             for kind, projection in folding:
-                folded += await _rebuild(connection, kind, projection, catalogue)
-            # The projections may differ now: every reader's snapshot is stale.
-            await connection.execute(bump_version(BACKENDS[connection.dialect.name].insert))
+                folded += await _rebuild(connection, kind, projection, catalogue, version)
+            # The projections may differ now, rows gone among them: every reader's snapshot
+            # is stale, and read whole again.
+            await connection.execute(set_version(version, rebuilt=True))
     finally:
         await engine.dispose()
     return folded
@@ -75,14 +79,21 @@ def _joined(rows: sa.Table | sa.Subquery, known: sa.Table) -> sa.Join:
 
 
 async def _rebuild(
-    connection: AsyncConnection, kind: EventKind, projection: Projection, catalogue: Catalogue
+    connection: AsyncConnection,
+    kind: EventKind,
+    projection: Projection,
+    catalogue: Catalogue,
+    version: int,
 ) -> int:
     """Replace ``kind``'s projection with the fold of its known events; count them."""
     known = await _known_entries(connection, kind, catalogue)
     table = projection.table
     await connection.execute(sa.delete(table))
     newest = newest_of_each_key(projection, _joined(EVENT, known))
-    await connection.execute(sa.insert(table).from_select([c.name for c in table.columns], newest))
+    await connection.execute(
+        sa.insert(table).from_select([c.name for c in table.columns], newest),
+        {"store_version": version},
+    )
     # Counted per entry first, then joined: joined event by event, PostgreSQL chose a
     # nested loop over the proposal index that took twice as long as the rebuild itself.
     entry = [EVENT.c[c.name] for c in known.columns]

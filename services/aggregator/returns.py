@@ -27,7 +27,7 @@ from services.aggregator.storage.log import (
     tuples,
 )
 from shared.catalogue import Catalogue
-from shared.health import ProgrammeState
+from shared.health import MilestoneState, ProgrammeState, Touched
 from shared.kinds.kpi import TYPE as KPI_TYPE
 from shared.kinds.milestone import MILESTONE_STATE
 from shared.kinds.milestone import TYPE as MILESTONE_TYPE
@@ -283,15 +283,22 @@ TARGETS_PER_QUERY = 5000
 """Targets named in one ``IN`` (SQLite takes at most 32,766 parameters a statement)."""
 
 
-def shown_targets(state: ProgrammeState) -> set[str]:
-    """The returns a board of ``state`` shows: each KPI observation's, each completion's."""
+def shown_targets(state: ProgrammeState, only: Touched | None = None) -> set[str]:
+    """The returns a board of ``state`` shows: each KPI observation's, each completion's
+    (``only``: of those milestones and KPIs)."""
+    if only is None:
+        milestones: Iterable[MilestoneState] = state.milestones.values()
+        kpis: Iterable[str] = state.kpi_observations
+    else:
+        milestones = [s for key in only.milestones if (s := state.milestones.get(key))]
+        kpis = only.kpis
     targets = {
-        milestone_target(m.proposal, m.milestone)
-        for m in state.milestones.values()
-        if m.status == "completed"
+        milestone_target(m.proposal, m.milestone) for m in milestones if m.status == "completed"
     }
-    for observations in state.kpi_observations.values():
-        targets.update(kpi_target(o.kpi, o.period, o.source) for o in observations)
+    for kpi in kpis:
+        targets.update(
+            kpi_target(o.kpi, o.period, o.source) for o in state.kpi_observations.get(kpi, ())
+        )
     return targets
 
 

@@ -16,7 +16,11 @@ when it stops being right:
   end, the next UTC midnight).
 
 :class:`LiveBoard` holds the current snapshot and answers each live request with it while
-it is fresh, else builds the next one, one build at a time: requests that arrive meanwhile
+it is fresh, else builds the next one, one build at a time, from the current one: it reads
+only the projection rows written since its version (each row carries the version of the
+commit that wrote it) and the locks of their returns, and rates again only what they touch
+(:func:`shared.health.rerate`), unless a review or a replay since may have taken rows out
+or changed locks (``store_version.rebuilt``), when it reads the store whole: requests that arrive meanwhile
 wait for the same build. Two replicas over one store therefore answer alike, and every
 answer is the rating the clock's ``now`` would give; only ``generated_at`` says when the
 snapshot was built (the time the board was last rated), not when it was asked for.
@@ -43,7 +47,15 @@ from services.aggregator.board import (
     proposal_detail,
 )
 from shared.catalogue import Catalogue
-from shared.health import ProgrammeHealth, ProgrammeState, programme_health, valid_until
+from shared.health import (
+    ProgrammeHealth,
+    ProgrammeState,
+    Touched,
+    changed_state,
+    programme_health,
+    rerate,
+    valid_until,
+)
 
 Clock = Callable[[], datetime]
 Sessions = Callable[[], AsyncSession]
@@ -68,6 +80,8 @@ class Snapshot:
 
     catalogue: Catalogue = field(repr=False)
     version: int
+    state: ProgrammeState = field(repr=False)
+    """What was rated: the next snapshot starts from it when only some rows changed."""
     health: ProgrammeHealth
     locks: Locks
     valid_until: datetime
@@ -106,10 +120,23 @@ class Snapshot:
 
 
 def build_snapshot(
-    catalogue: Catalogue, state: ProgrammeState, locks: Locks, version: int, now: datetime
+    catalogue: Catalogue,
+    state: ProgrammeState,
+    locks: Locks,
+    version: int,
+    now: datetime,
+    previous: tuple[Snapshot, Touched] | None = None,
 ) -> Snapshot:
-    """Rate ``state`` at ``now`` and encode the board and the KPIs: a pure function."""
-    health = programme_health(catalogue, state, now)
+    """Rate ``state`` at ``now`` and encode the board and the KPIs: a pure function. With
+    ``previous`` (a snapshot of a state that differs from ``state`` by what it touched),
+    only what that can change is rated again (:func:`shared.health.rerate`)."""
+    if previous is None:
+        health = programme_health(catalogue, state, now)
+    else:
+        before, touched = previous
+        health = rerate(
+            catalogue, before.health, state, touched, now, holds_until=before.valid_until
+        )
     # Serialised straight from the board's plain data: at thousands of milestones a model
     # per milestone would cost more than rating the programme (see board.py).
     programme = to_json(programme_document(catalogue, health, LIVE, locks))
@@ -117,6 +144,7 @@ def build_snapshot(
     return Snapshot(
         catalogue=catalogue,
         version=version,
+        state=state,
         health=health,
         locks=locks,
         valid_until=valid_until(catalogue, state, now),
@@ -156,11 +184,46 @@ class LiveBoard:
         return current
 
     async def _build(self) -> Snapshot:
+        current = self._current
         with queries.collector_paused():
             async with self._sessions() as session:
                 # The version before the state: a commit between the two reads makes the
                 # snapshot look older than it is (built once more), never newer.
                 version = await queries.store_version(session=session)
+                if current is not None and current.version <= version:
+                    changed = await _changed(session, current, version)
+                    if changed is not None:
+                        state, touched, locks = changed
+                        return build_snapshot(
+                            self._catalogue, state, locks, version, self._clock(),
+                            previous=(current, touched),
+                        )  # fmt: skip
                 state = await queries.load_state(session=session)
                 locks = await returns.locks(session=session, targets=returns.shown_targets(state))
             return build_snapshot(self._catalogue, state, locks, version, self._clock())
+
+
+async def _changed(
+    session: AsyncSession, current: Snapshot, version: int
+) -> tuple[ProgrammeState, Touched, Locks] | None:
+    """The state of ``current`` brought up to the store's ``version`` from the projection
+    rows written since its own, what that touched, and the locks of what it shows; None
+    when the rows cannot tell (a review or a replay committed since: read it all again).
+
+    Rows of commits after ``version`` may be among those read: applying a row again is a
+    no-op, so the next snapshot, from ``version``, is right all the same."""
+    if version == current.version:  # the clock alone: the same state and locks
+        return current.state, Touched(), current.locks
+    milestones, observations = await queries.changed_since(session=session, version=current.version)
+    # Read after the rows: a review or replay committed before them is seen here, and one
+    # committed after them moves the version past ``version``, for the next snapshot.
+    if await queries.store_rebuilt(session=session) > current.version:
+        return None
+    state, touched = changed_state(current.state, milestones, observations)
+    # No review since: a target's lock is as it was; only which targets are shown moved.
+    gone = returns.shown_targets(current.state, touched)
+    locks = {t: lock for t, lock in current.locks.items() if t not in gone}
+    shown = returns.shown_targets(state, touched)
+    if shown:
+        locks.update(await returns.locks(session=session, targets=shown))
+    return state, touched, locks

@@ -31,12 +31,13 @@ from services.aggregator.storage.log import (
     NO_REFS,
     PROPOSAL_STATUS,
     NewEvent,
-    bump_version,
     execute,
     refold,
     review_of_event_row,
     review_of_row,
     reviews_of,
+    set_version,
+    take_version,
     tuples,
 )
 from shared.kinds.review import TYPE as REVIEW
@@ -81,22 +82,28 @@ async def store_batch(
         return outcome
     first = _first_of_each_key(events)
     connection = await session.connection()
+    # First, so the projection rows this commit writes carry its version (see take_version:
+    # on PostgreSQL, stores are one at a time from here to the caller's commit).
+    version = (await execute(session, take_version(backend(session).insert))).scalar_one() + 1
     targets = {e.row["target"] for e in first.values() if e.row["target"] is not None}
     if targets:
         await backend(session).serialize_returns(connection)
         reviews = await _hold_locked(session, first.values(), targets)
-    inserted = await backend(session).insert_and_project(connection, list(first.values()))
+    inserted = await backend(session).insert_and_project(
+        connection, list(first.values()), version=version
+    )
     outcome.persisted = Counter(first[key].row["type"] for key in inserted)
     outcome.held = sum(1 for key in inserted if first[key].row["held"] is not None)
     reviewed = {first[key].row["target"] for key in inserted if first[key].row["type"] == REVIEW}
     for target in sorted(reviewed):
-        outcome.held += await _rehold(session, target, reviews[target])
+        outcome.held += await _rehold(session, target, reviews[target], version)
     repeats = [e for e in events if e.key not in inserted or first[e.key] is not e]
     if repeats:
         outcome.duplicates, outcome.conflicts = await _record_repeats(session, repeats, recorded_at)
     if inserted:
-        # Last, so the row is locked (PostgreSQL) only from here to the caller's commit.
-        await execute(session, bump_version(backend(session).insert))
+        # A review changes a lock and may take rows out of a projection: readers that
+        # follow the rows' versions read the projections whole again.
+        await execute(session, set_version(version, rebuilt=bool(reviewed)))
     return outcome
 
 
@@ -133,7 +140,9 @@ async def _hold_locked(
     return reviews
 
 
-async def _rehold(session: AsyncSession, target: str, reviews: Sequence[Review]) -> int:
+async def _rehold(
+    session: AsyncSession, target: str, reviews: Sequence[Review], version: int
+) -> int:
     """After a review of ``target`` is stored: hold (or release) the target's stored events
     as its reviews in stream order say, and fold again what that changed. A review stored
     after events that came later in the stream (a redelivered batch, another replica) is
@@ -163,7 +172,7 @@ async def _rehold(session: AsyncSession, target: str, reviews: Sequence[Review])
         .values(held=sa.bindparam("h")),
         changed,
     )
-    await refold(session, EVENT.c.target == target)
+    await refold(session, EVENT.c.target == target, version=version)
     return newly
 
 

@@ -54,6 +54,12 @@ class KpiObservationRow(SQLModel, table=True):
     stream_seq: int = Field(sa_type=sa.BigInteger)
     source: str = Field(max_length=Id)
     event_id: str = Field(max_length=256)
+    version: int = Field(
+        default=0,
+        sa_type=sa.BigInteger,
+        index=True,
+        description="The store's version of the commit that last wrote the row",
+    )
 
 
 KPI_OBSERVATION = table_of(KpiObservationRow)

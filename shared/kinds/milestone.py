@@ -55,6 +55,12 @@ class MilestoneStateRow(SQLModel, table=True):
     source: str = Field(max_length=Id)
     event_id: str = Field(max_length=256)
     note: str | None = Field(default=None, sa_type=sa.Text)
+    version: int = Field(
+        default=0,
+        sa_type=sa.BigInteger,
+        index=True,
+        description="The store's version of the commit that last wrote the row",
+    )
 
 
 MILESTONE_STATE = table_of(MilestoneStateRow)

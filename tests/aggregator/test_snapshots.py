@@ -17,8 +17,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 from pydantic_core import to_json
 
+from services.aggregator import queries
 from services.aggregator.app import create_app
 from services.aggregator.board import LIVE, NO_LOCKS, kpi_list, programme_document
 from services.aggregator.db import upgrade
@@ -27,7 +29,18 @@ from services.aggregator.snapshot import LiveBoard
 from shared.health import programme_health
 from shared.natsserver import NatsServer
 
-from .harness import CATALOGUE, T0, Bus, Database, FakeClock, eventually, milestone, settings_for
+from .harness import (
+    CATALOGUE,
+    T0,
+    Bus,
+    Database,
+    FakeClock,
+    cloudevent,
+    eventually,
+    kpi,
+    milestone,
+    settings_for,
+)
 
 NOW = datetime(2025, 6, 15, 12, 0, tzinfo=UTC)
 # 1a stalls 60 days after its last milestone event; this one puts that at 13:00 today.
@@ -211,3 +224,83 @@ async def test_requests_that_find_the_snapshot_stale_wait_for_one_build(
     assert all(s is snapshots[0] for s in snapshots)
     assert (snapshots[0].version, snapshots[0].health.at) == (0, NOW)
     assert snapshots[0].valid_until == datetime(2025, 6, 16, tzinfo=UTC)  # nothing reported
+
+
+def review(event_id: str, action: str, **data: str) -> dict[str, Any]:
+    """A review event as the office's route publishes it."""
+    body = cloudevent(event_id, "office/alice", "2025-06-15T12:00:00Z", {"action": action, **data})
+    return {**body, "type": "org.cotn.review.v1"}
+
+
+async def test_the_board_kept_up_to_date_is_the_board_rated_in_full(
+    fresh_nats: NatsServer,
+    bus: Bus,
+    db: Database,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = FakeClock(NOW)
+    reads = {"served": 0, "all": 0}
+    load_state = queries.load_state
+
+    async def counted(**kwargs: Any) -> Any:
+        reads["all"] += 1
+        return await load_state(**kwargs)
+
+    async def same_as_full(client: httpx.AsyncClient) -> None:
+        """The live board and KPIs are byte for byte what a full build gives now."""
+        before = reads["all"]
+        served = await client.get("/v1/programme")
+        served_kpis = await client.get("/v1/kpis")
+        reads["served"] += reads["all"] - before
+        full = await LiveBoard(catalogue=CATALOGUE, sessions=db.sessions, clock=clock).snapshot()
+        assert served.content == full.programme.body
+        assert served_kpis.content == full.kpis.body
+
+    monkeypatch.setattr(queries, "load_state", counted)
+    events = 0
+
+    async def put(*bodies: dict[str, Any]) -> None:
+        nonlocal events
+        await bus.publish_all(list(bodies))
+        events += len(bodies)
+        await eventually(lambda: db.has_events(events), f"{events} events stored")
+
+    async with serving(settings_for(fresh_nats.url, database_url), clock) as client:
+        await put(milestone("i1", "1a", "cluster-evidence", "in_progress", STALLS_AT_ONE))
+        await same_as_full(client)
+        assert reads["served"] == 1  # the first snapshot is read whole
+        steps: list[tuple[dict[str, Any], ...]] = [
+            (milestone("i2", "2a", "adoption-priorities", "blocked", NOW),),
+            # A KPI report and its correction, and a milestone upstream of others.
+            (
+                kpi("i3", "rd-boost-gva", 1.5, "2025-Q1", NOW),
+                milestone("i4", "1a", "joint-position", "completed", NOW),
+            ),
+            (kpi("i5", "rd-boost-gva", 0.2, "2025-Q1", NOW + timedelta(minutes=1)),),
+            # A backfill older than what is held: stored, the board unchanged.
+            (milestone("i6", "2a", "adoption-priorities", "completed", T0),),
+            (milestone("i7", "3b", "network-terms", "at_risk", NOW),),
+        ]
+        for i, bodies in enumerate(steps):
+            clock.advance(timedelta(minutes=7 * i))  # within the snapshot's validity
+            await put(*bodies)
+            await same_as_full(client)
+        # Across 1a's stall at 13:00, then an event: the clock's change and the rows' too.
+        clock.now = STALLS_AT_ONE + timedelta(days=60, minutes=1)
+        await put(milestone("i8", "3b", "network-terms", "in_progress", clock.now))
+        await same_as_full(client)
+        # Every snapshot since the first was kept up to date from the rows, never read whole.
+        assert reads["served"] == 1
+
+        # A review: the return's lock is read again (the board is read whole).
+        await put(review("i9", "approve", kpi="rd-boost-gva", period="2025-Q1", reporter="np11"))
+        await same_as_full(client)
+        assert reads["served"] == 2
+        board = (await client.get("/v1/programme")).json()
+        (gva,) = [k for k in board["kpis"] if k["id"] == "rd-boost-gva"]
+        assert (gva["actual"], gva["actual_approved"]) == (0.2, True)
+        # After it, kept up to date from the rows again.
+        await put(milestone("i10", "2a", "adoption-priorities", "in_progress", clock.now))
+        await same_as_full(client)
+        assert reads["served"] == 2

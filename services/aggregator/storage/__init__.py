@@ -44,10 +44,11 @@ class Backend(Protocol):
         holds (until it commits)."""
 
     async def insert_and_project(
-        self, connection: AsyncConnection, events: Sequence[NewEvent]
+        self, connection: AsyncConnection, events: Sequence[NewEvent], *, version: int
     ) -> set[tuple[str, str]]:
         """Insert-or-ignore ``events`` (one per key) and fold those inserted into every
-        projection, in the caller's transaction; the keys of the events inserted."""
+        projection, the rows written carrying ``version``, in the caller's transaction; the
+        keys of the events inserted."""
 
 
 BACKENDS: dict[str, Backend] = {postgres.NAME: postgres, sqlite.NAME: sqlite}

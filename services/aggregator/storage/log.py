@@ -9,7 +9,7 @@ write side (:mod:`services.aggregator.store`), the read side
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -71,21 +71,45 @@ async def execute(
     return await connection.execute(statement, rows)
 
 
-def bump_version(insert: Callable[[sa.Table], Any]) -> sa.Executable:
-    """Move the store's version on by one, in the writer's transaction (``insert``: the
-    dialect's, which has ON CONFLICT). The row is made if missing, as in a database whose
-    tables were made from the models rather than by the migrations."""
-    stmt = insert(STORE_VERSION).values(id=1, version=1)
+def take_version(insert: Callable[[sa.Table], Any]) -> sa.Executable:
+    """The store's version, its row locked until the writer's transaction ends (``insert``:
+    the dialect's, which has ON CONFLICT): the writer's new version is the next one. The
+    row is made if missing, as in a database whose tables were made from the models rather
+    than by the migrations.
+
+    Taken first, before anything is folded, so the rows a commit writes carry its version:
+    on PostgreSQL this makes writers one at a time for their whole transaction (they were
+    already, under :func:`~.postgres.serialize_returns`, whenever a batch names a return),
+    and versions are committed in their order, which is what makes "the rows whose version
+    is past v" every row changed since v."""
+    stmt = insert(STORE_VERSION).values(id=1, version=0, rebuilt=0)
     return cast(
         sa.Executable,
         stmt.on_conflict_do_update(
-            index_elements=["id"], set_={"version": STORE_VERSION.c.version + 1}
-        ),
+            index_elements=["id"], set_={"version": STORE_VERSION.c.version}
+        ).returning(STORE_VERSION.c.version),
     )
+
+
+def set_version(version: int, *, rebuilt: bool = False) -> sa.Executable:
+    """Move the store's version (its row taken by :func:`take_version`) to ``version``;
+    ``rebuilt``: the commit may take rows out of a projection or change a lock, which rows'
+    versions do not tell (``StoreVersion.rebuilt``)."""
+    values: dict[str, Any] = {"version": version}
+    if rebuilt:
+        values["rebuilt"] = version
+    return sa.update(STORE_VERSION).where(STORE_VERSION.c.id == 1).values(**values)
+
+
+STAMP = sa.cast(sa.bindparam("store_version", type_=sa.BigInteger), sa.BigInteger).label("version")
+"""The ``version`` of a projection row a fold writes: the writer's new store version (the
+statement's ``store_version`` parameter)."""
 
 
 STORE_VERSION_NOW = sa.select(STORE_VERSION.c.version).where(STORE_VERSION.c.id == 1)
 """The store's version: one primary-key lookup (no row, as before any write, reads as 0)."""
+STORE_REBUILT = sa.select(STORE_VERSION.c.rebuilt).where(STORE_VERSION.c.id == 1)
+"""The last version that took rows out of a projection or changed a lock."""
 
 
 def tuples(result: sa.CursorResult[Any]) -> list[tuple[Any, ...]]:
@@ -119,9 +143,15 @@ def newest_of_each_key(
         .where(EVENT.c.type == projection.kind, EVENT.c.held.is_(None), *where)
         .subquery()
     )
-    return sa.select(*(ranked.c[c.name] for c in projection.table.columns)).where(
+    return sa.select(*stamped(ranked.c[c.name] for c in projection.columns)).where(
         ranked.c.rank == 1
     )
+
+
+def stamped(columns: Iterable[sa.ColumnElement[Any]]) -> list[sa.ColumnElement[Any]]:
+    """A projection's columns and its row's ``version`` (:data:`STAMP`), as its table has
+    them."""
+    return [*columns, STAMP]
 
 
 def upsert_newest_from(
@@ -129,8 +159,11 @@ def upsert_newest_from(
     table: sa.Table,
     rows: sa.Select[Any],
 ) -> postgresql.Insert | sqlite.Insert:
-    """Insert ``rows`` into a projection, replacing a stored row only with a newer one."""
-    stmt = insert(table).from_select([c.name for c in table.columns], rows)
+    """Insert ``rows`` (:func:`stamped`) into a projection, replacing a stored row only with
+    a newer one."""
+    names = [c.name for c in rows.selected_columns]
+    assert names == [c.name for c in table.columns], names  # the order of the table
+    stmt = insert(table).from_select(names, rows)
     key = [c.name for c in table.primary_key.columns]
     newer = sa.tuple_(stmt.excluded.event_time, stmt.excluded.stream_seq) > sa.tuple_(
         table.c.event_time, table.c.stream_seq
@@ -249,9 +282,10 @@ def review_of_event_row(row: dict[str, Any]) -> Review:
     )
 
 
-async def refold(session: AsyncSession, rows: sa.ColumnElement[bool]) -> None:
+async def refold(session: AsyncSession, rows: sa.ColumnElement[bool], *, version: int) -> None:
     """Fold again, from the log, every projection key that the ``event`` rows matching
-    ``rows`` fold into: what a change of which events are held changes."""
+    ``rows`` fold into: what a change of which events are held changes (rows written carry
+    ``version``; a key left with no applied event leaves the projection)."""
     for projection in projections(EVENT):
         table = projection.table
         keys = tuples(
@@ -274,4 +308,5 @@ async def refold(session: AsyncSession, rows: sa.ColumnElement[bool]) -> None:
             await execute(
                 session,
                 sa.insert(table).from_select([c.name for c in table.columns], newest),
+                {"store_version": version},
             )

@@ -23,6 +23,7 @@ from services.aggregator.storage.log import (
     NewEvent,
     newest_as_at_lateral,
     projections,
+    stamped,
     tuples,
     upsert_newest_from,
 )
@@ -94,7 +95,7 @@ def _insert_and_project_statement(kinds: tuple[str, ...]) -> sa.Select[tuple[str
         upsert_newest_from(
             postgresql.insert,
             table,
-            sa.select(*columns)
+            sa.select(*stamped(columns))
             .where(i.type == kind, i.held.is_(None))
             .ext(postgresql.distinct_on(*key))
             .order_by(*key, *newest),
@@ -105,11 +106,13 @@ def _insert_and_project_statement(kinds: tuple[str, ...]) -> sa.Select[tuple[str
 
 
 async def insert_and_project(
-    connection: AsyncConnection, events: Sequence[NewEvent]
+    connection: AsyncConnection, events: Sequence[NewEvent], *, version: int
 ) -> set[tuple[str, str]]:
-    """Store the batch's new events and fold them; the keys of those it inserted."""
+    """Store the batch's new events and fold them (the rows written carry ``version``); the
+    keys of those it inserted."""
     # Sorted keys give concurrent replicas one lock order, so they wait rather than deadlock.
     rows = [e.row for e in sorted(events, key=lambda e: e.key)]
-    parameters = {name: [row[name] for row in rows] for name in EVENT_ROW}
+    parameters: dict[str, Any] = {name: [row[name] for row in rows] for name in EVENT_ROW}
+    parameters["store_version"] = version
     result = await connection.execute(_insert_and_project_statement(KINDS.types), parameters)
     return {(source, event_id) for source, event_id in tuples(result)}

@@ -84,10 +84,11 @@ def _sqlite_insert_sql() -> str:
 
 
 async def insert_and_project(
-    connection: AsyncConnection, events: Sequence[NewEvent]
+    connection: AsyncConnection, events: Sequence[NewEvent], *, version: int
 ) -> set[tuple[str, str]]:
     """SQLite: insert-or-ignore as the driver's ``executemany`` of plain tuples, then fold
-    the rows it inserted into the projections as PostgreSQL's statement does.
+    the rows it inserted into the projections as PostgreSQL's statement does (the rows
+    written carry ``version``).
 
     Building SQLAlchemy parameters row by row cost more than SQLite's whole insert, and
     ``executemany`` returns no rows, only how many it inserted. Those are the rows with the
@@ -108,7 +109,7 @@ async def insert_and_project(
         )
         keys = {(source, event_id) for source, event_id in tuples(newest)}
     for fold in _fold_statements(KINDS.types):
-        await connection.execute(fold, {"added": added})
+        await connection.execute(fold, {"added": added, "store_version": version})
     return keys
 
 
