@@ -21,9 +21,10 @@ only the projection rows written since its version (each row carries the version
 commit that wrote it) and the locks of their returns, and rates again only what they touch
 (:func:`shared.health.rerate`), unless a review or a replay since may have taken rows out
 or changed locks (``store_version.rebuilt``), when it reads the store whole. Requests that
-arrive meanwhile wait for the same build. Two replicas over one store therefore answer alike, and every
-answer is the rating the clock's ``now`` would give; only ``generated_at`` says when the
-snapshot was built (the time the board was last rated), not when it was asked for.
+arrive meanwhile wait for the same build. Two replicas over one store therefore answer
+alike, and every answer is the rating the clock's ``now`` would give; only ``generated_at``
+says when the snapshot was built (the time the board was last rated), not when it was
+asked for.
 """
 
 from __future__ import annotations
