@@ -24,7 +24,7 @@ from typing import Any
 
 from rich.console import Console
 
-from bench import exports, figures, history, reporting, scale
+from bench import design, exports, figures, history, reporting, scale
 from bench.context import Context, Sizes
 from bench.harness import DEFAULT_PG, PG_ENV, ROOT, Bench, machine, pg_version, versions
 from bench.results import markdown, show, write
@@ -41,6 +41,7 @@ STEPS: dict[str, Step] = {
     "history": history.history,
     "reporting": reporting.reporting,
     "exports": exports.exports,
+    "design": design.design,
 }
 FIGURES: dict[str, list[str]] = {
     "bare": ["raw_publish", "raw_latency", "bare_loop"],
@@ -51,6 +52,7 @@ FIGURES: dict[str, list[str]] = {
     "history": ["history"],
     "reporting": ["reporting"],
     "exports": ["exports"],
+    "design": ["design"],
 }
 RESULTS_DIR = ROOT / "bench" / "results"
 

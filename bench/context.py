@@ -35,6 +35,7 @@ class Sizes:
     reporting_authorities: int = 100
     reporting_kpis: int = 100
     reporting_years: int = 5
+    status_proposals: int = 200
 
     @classmethod
     def quick(cls, runs: int = 1) -> Sizes:
@@ -54,6 +55,7 @@ class Sizes:
             reporting_authorities=10,
             reporting_kpis=10,
             reporting_years=1,
+            status_proposals=50,
         )
 
 

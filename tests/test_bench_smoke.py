@@ -61,7 +61,10 @@ def test_only_adds_the_baselines_a_figure_needs() -> None:
     assert steps_for(["aggregator"]) == ["bare_loop", "aggregator"]
     assert steps_for(["ingest"])[:2] == ["raw_publish", "raw_latency"]
     assert parse(["--quick", "--only", "ingest,scale"]).only == ["ingest", "scale"]
-    assert set(FIGURES) == {"bare", "ingest", "aggregator", "e2e", "scale", "history", "reporting"}
+    assert set(FIGURES) == {
+        *("bare", "ingest", "aggregator", "e2e", "scale", "history", "reporting"),
+        *("exports", "design"),
+    }
 
 
 @pytest.mark.slow

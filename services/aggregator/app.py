@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from functools import partial
 
 import nats.errors
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 from faststream.exceptions import IncorrectState
 from faststream.nats import NatsBroker, NatsRouter
 from prometheus_client import CollectorRegistry
@@ -329,4 +329,16 @@ def create_app(
             live=live,
         )
     )
+    if settings.bench_static_bytes is not None:
+        mount_bench_static(app, settings.bench_static_bytes)
     return app
+
+
+def mount_bench_static(app: FastAPI, size: int) -> None:
+    """``GET /bench/static``: ``size`` bytes made once, a JSON string of ``x`` (for the bench
+    only: the same server answering without reading or rating, the read side's baseline)."""
+    body = b'"' + b"x" * max(0, size - 2) + b'"' if size >= 2 else b"0"
+
+    @app.get("/bench/static", include_in_schema=False)
+    async def bench_static() -> Response:
+        return Response(body, media_type="application/json")

@@ -113,6 +113,13 @@ class AggregatorSettings(NatsClientSettings):
     fault_batch: int = Field(
         default=1, ge=1, description="For fault tests only: the batch (from 1) that `fault` hits"
     )
+    # Bench-only: figure 9 (bench/design.py) times the live board against this route.
+    bench_static_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        description="For the bench only, never in a deployment: serve GET /bench/static, a "
+        "body of this many bytes, as the baseline of the read side's latency",
+    )
 
     @field_validator("database_url")
     @classmethod
