@@ -15,6 +15,7 @@ from typing import Any, Literal, NamedTuple
 from urllib.parse import urlencode
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic_core import to_json
 
 from shared.catalogue import Catalogue, Kpi, Milestone, Proposal
 from shared.health import (
@@ -389,6 +390,54 @@ def programme_document(
         "columns": columns,
         "kpis": _kpis(catalogue, health, locks),
     }
+
+
+class ProgrammeEncoder:
+    """The board's JSON made of each proposal's encoded part, kept from one board to the
+    next: a part is encoded again only when its rating record or the verifications it shows
+    changed. A board after a batch that touched a few proposals (re-rated by
+    :func:`shared.health.rerate`, which keeps the records of the rest) costs those few; the
+    bytes are those of ``to_json(programme_document(...))``."""
+
+    def __init__(self, catalogue: Catalogue) -> None:
+        self._catalogue = catalogue
+        self._parts: dict[str, tuple[ProposalHealth, frozenset[str], bytes]] = {}
+
+    def encode(self, health: ProgrammeHealth, view: View = LIVE, locks: Locks = NO_LOCKS) -> bytes:
+        """``programme_document(catalogue, health, view, locks)`` as JSON bytes."""
+        c = self._catalogue
+        head = {
+            "name": c.programme,
+            "status": c.status,
+            "generated_at": health.at,
+            "as_at": view.as_at,
+            "known_at": view.known_at,
+        }
+        out = [to_json(head)[:-1], b',"columns":[']
+        for i, column in enumerate(c.columns):
+            proposals = c.proposals_of(column.id)
+            out += [
+                b"," if i else b"",
+                to_json({"id": column.id, "title": column.title})[:-1],
+                b',"proposals":[',
+                b",".join(self._part(p, health.proposals[p.id], locks) for p in proposals),
+                b"]}",
+            ]
+        out += [b'],"kpis":', to_json(_kpis(c, health, locks)), b"}"]
+        return b"".join(out)
+
+    def _part(self, proposal: Proposal, record: ProposalHealth, locks: Locks) -> bytes:
+        verified = frozenset(
+            m.id
+            for m in record.milestones
+            if m.status == "completed" and milestone_target(proposal.id, m.id) in locks
+        )
+        kept = self._parts.get(proposal.id)
+        if kept is not None and kept[0] is record and kept[1] == verified:
+            return kept[2]
+        part = to_json(_proposal(proposal, record, locks))
+        self._parts[proposal.id] = (record, verified, part)
+        return part
 
 
 def programme_view(

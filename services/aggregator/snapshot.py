@@ -43,6 +43,7 @@ from services.aggregator import queries, returns
 from services.aggregator.board import (
     LIVE,
     Locks,
+    ProgrammeEncoder,
     kpi_list,
     programme_document,
     proposal_detail,
@@ -127,10 +128,13 @@ def build_snapshot(
     version: int,
     now: datetime,
     previous: tuple[Snapshot, Touched] | None = None,
+    encoder: ProgrammeEncoder | None = None,
 ) -> Snapshot:
     """Rate ``state`` at ``now`` and encode the board and the KPIs: a pure function. With
     ``previous`` (a snapshot of a state that differs from ``state`` by what it touched),
-    only what that can change is rated again (:func:`shared.health.rerate`)."""
+    only what that can change is rated again (:func:`shared.health.rerate`); with
+    ``encoder``, only the proposals rated again (or whose verifications changed) are
+    encoded again, the same bytes."""
     if previous is None:
         health = programme_health(catalogue, state, now)
     else:
@@ -140,7 +144,10 @@ def build_snapshot(
         )
     # Serialised straight from the board's plain data: at thousands of milestones a model
     # per milestone would cost more than rating the programme (see board.py).
-    programme = to_json(programme_document(catalogue, health, LIVE, locks))
+    if encoder is None:
+        programme = to_json(programme_document(catalogue, health, LIVE, locks))
+    else:
+        programme = encoder.encode(health, LIVE, locks)
     kpis = kpi_list(catalogue, health, LIVE, locks).model_dump_json().encode()
     return Snapshot(
         catalogue=catalogue,
@@ -162,6 +169,7 @@ class LiveBoard:
         self._sessions = sessions
         self._clock = clock
         self._current: Snapshot | None = None
+        self._encoder = ProgrammeEncoder(catalogue)
         self._building = asyncio.Lock()
 
     async def snapshot(self) -> Snapshot:
@@ -197,11 +205,13 @@ class LiveBoard:
                         state, touched, locks = changed
                         return build_snapshot(
                             self._catalogue, state, locks, version, self._clock(),
-                            previous=(current, touched),
+                            previous=(current, touched), encoder=self._encoder,
                         )  # fmt: skip
                 state = await queries.load_state(session=session)
                 locks = await returns.locks(session=session, targets=returns.shown_targets(state))
-            return build_snapshot(self._catalogue, state, locks, version, self._clock())
+            return build_snapshot(
+                self._catalogue, state, locks, version, self._clock(), encoder=self._encoder
+            )
 
 
 async def _changed(
