@@ -94,6 +94,8 @@ class Aggregator:
             apply_types=False,
         )
         router = NatsRouter()
+        # One snapshot of the live board: the read API, /metrics and the status events.
+        self.live = LiveBoard(catalogue=catalogue, sessions=self.read_session, clock=clock)
         self.status = StatusPublisher(
             catalogue=catalogue,
             readers=self.readers,
@@ -102,6 +104,7 @@ class Aggregator:
             publish=partial(publish_status, status_publisher(router)),
             interval=settings.status_interval_seconds,
             min_gap=settings.status_min_gap_seconds,
+            board=self.live.snapshot,
         )
         self.consumer = BatchConsumer(
             catalogue=catalogue,
@@ -296,8 +299,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.aggregator = aggregator
-    # One snapshot of the live board for the read API and /metrics.
-    live = LiveBoard(catalogue=catalogue, sessions=aggregator.read_session, clock=clock)
+    live = aggregator.live
     app.include_router(
         build_read_router(
             catalogue=catalogue,

@@ -27,26 +27,18 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from services.aggregator.board import ReasonOut, reason_data
-from services.aggregator.queries import load_state, proposal_statuses
+from services.aggregator.queries import proposal_statuses
+from services.aggregator.snapshot import LiveBoard, Snapshot
 from services.aggregator.store import record_status_change
 from shared.bus import CONTENT_TYPE, MSG_ID_HEADER, STATUS_STREAM, msg_id, status_subject
 from shared.catalogue import Catalogue
-from shared.health import (
-    ProposalHealth,
-    Rag,
-    dependencies,
-    kpis_health,
-    proposal_health,
-    valid_until,
-)
+from shared.health import ProposalHealth, Rag
 
 log = logging.getLogger("cotn.aggregator.status")
 
 STATUS_TYPE: Final = "org.cotn.status.v1"
 STATUS_SOURCE: Final = "cotn-aggregator"
 PUBLISH_TIMEOUT = 5.0
-RATE_CHUNK = 50
-"""Proposals rated between two yields to the event loop in a status pass."""
 
 
 class _Frozen(BaseModel):
@@ -141,8 +133,14 @@ class StatusPublisher:
         publish: PublishStatus,
         interval: float,
         min_gap: float = 0.0,
+        board: Callable[[], Awaitable[Snapshot]] | None = None,
     ) -> None:
+        """``board`` gives the live board's snapshot (the app shares its read API's); by
+        default one of its own, over ``readers``."""
         self._catalogue = catalogue
+        self._board = (
+            board or LiveBoard(catalogue=catalogue, sessions=readers, clock=clock).snapshot
+        )
         self._readers = readers
         self._writers = writers
         self._clock = clock
@@ -189,22 +187,17 @@ class StatusPublisher:
             self._wake.clear()
 
     async def publish_changes(self) -> list[StatusEvent]:
-        """Publish a status event for each proposal whose (rag, stalled) changed."""
+        """Publish a status event for each proposal whose (rag, stalled) changed, as the live
+        board's snapshot rates it now (built from the last one: only what changed is read
+        and rated again)."""
         now = self._clock()
+        snapshot = await self._board()
         async with self._readers() as session:
-            state = await load_state(session=session)
             published = await proposal_statuses(session=session)
-        catalogue = self._catalogue
-        self._next_change = valid_until(catalogue, state, now)
-        kpis = kpis_health(catalogue, state, now)
-        # Rated across proposals once: a dependant's status changes with its upstream's.
-        deps = dependencies(catalogue, state, now)
+        self._next_change = snapshot.valid_until
         sent = []
-        for i, proposal in enumerate(catalogue.proposals):
-            if i % RATE_CHUNK == RATE_CHUNK - 1:
-                # Rating a large programme takes tens of milliseconds: let reads in between.
-                await asyncio.sleep(0)
-            health = proposal_health(catalogue, proposal, state, kpis, now, deps)
+        for proposal in self._catalogue.proposals:
+            health = snapshot.health.proposals[proposal.id]
             previous = published.get(proposal.id, (None, None))
             if previous != (health.rag, health.stalled):
                 event = await self._publish_change(health, previous, now)

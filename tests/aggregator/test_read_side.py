@@ -14,7 +14,7 @@ from bench.workload import Scale, generated_catalogue
 from services.aggregator.board import programme_view
 from services.aggregator.db import session_factory, upgrade
 from services.aggregator.replay import replay
-from services.aggregator.status import RATE_CHUNK, StatusEvent, StatusPublisher
+from services.aggregator.status import StatusEvent, StatusPublisher
 from services.aggregator.storage.log import EVENT
 from shared.catalogue import Catalogue
 from shared.health import KpiObservation, MilestoneState, programme_health
@@ -32,7 +32,7 @@ EAST = timezone(timedelta(hours=2))
 @pytest.fixture(scope="module")
 def large() -> Catalogue:
     """More proposals than one chunk of a status pass, with ten milestones each."""
-    shape = Scale(proposals=RATE_CHUNK * 2 + 7, milestones_per_proposal=10, columns=3)
+    shape = Scale(proposals=107, milestones_per_proposal=10, columns=3)
     return Catalogue.model_validate(generated_catalogue(shape))
 
 

@@ -240,7 +240,7 @@ async def test_the_board_kept_up_to_date_is_the_board_rated_in_full(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     clock = FakeClock(NOW)
-    reads = {"served": 0, "all": 0}
+    reads = {"all": 0, "own": 0}  # whole reads of the state: all, and this test's own
     load_state = queries.load_state
 
     async def counted(**kwargs: Any) -> Any:
@@ -249,13 +249,16 @@ async def test_the_board_kept_up_to_date_is_the_board_rated_in_full(
 
     async def same_as_full(client: httpx.AsyncClient) -> None:
         """The live board and KPIs are byte for byte what a full build gives now."""
-        before = reads["all"]
         served = await client.get("/v1/programme")
         served_kpis = await client.get("/v1/kpis")
-        reads["served"] += reads["all"] - before
+        before = reads["all"]
         full = await LiveBoard(catalogue=CATALOGUE, sessions=db.sessions, clock=clock).snapshot()
+        reads["own"] += reads["all"] - before
         assert served.content == full.programme.body
         assert served_kpis.content == full.kpis.body
+
+    def app_reads() -> int:
+        return reads["all"] - reads["own"]
 
     monkeypatch.setattr(queries, "load_state", counted)
     events = 0
@@ -269,7 +272,9 @@ async def test_the_board_kept_up_to_date_is_the_board_rated_in_full(
     async with serving(settings_for(fresh_nats.url, database_url), clock) as client:
         await put(milestone("i1", "1a", "cluster-evidence", "in_progress", STALLS_AT_ONE))
         await same_as_full(client)
-        assert reads["served"] == 1  # the first snapshot is read whole
+        # The app's first snapshot is read whole (by a request or by the status pass, which
+        # shares the read API's snapshot).
+        assert app_reads() == 1
         steps: list[tuple[dict[str, Any], ...]] = [
             (milestone("i2", "2a", "adoption-priorities", "blocked", NOW),),
             # A KPI report and its correction, and a milestone upstream of others.
@@ -291,16 +296,16 @@ async def test_the_board_kept_up_to_date_is_the_board_rated_in_full(
         await put(milestone("i8", "3b", "network-terms", "in_progress", clock.now))
         await same_as_full(client)
         # Every snapshot since the first was kept up to date from the rows, never read whole.
-        assert reads["served"] == 1
+        assert app_reads() == 1
 
         # A review: the return's lock is read again (the board is read whole).
         await put(review("i9", "approve", kpi="rd-boost-gva", period="2025-Q1", reporter="np11"))
         await same_as_full(client)
-        assert reads["served"] == 2
+        assert app_reads() == 2
         board = (await client.get("/v1/programme")).json()
         (gva,) = [k for k in board["kpis"] if k["id"] == "rd-boost-gva"]
         assert (gva["actual"], gva["actual_approved"]) == (0.2, True)
         # After it, kept up to date from the rows again.
         await put(milestone("i10", "2a", "adoption-priorities", "in_progress", clock.now))
         await same_as_full(client)
-        assert reads["served"] == 2
+        assert app_reads() == 2
