@@ -63,12 +63,15 @@ async def read_standing(*, catalogue: Catalogue, sessions: Sessions, as_at: date
         )
     today = as_at.astimezone(UTC).date()
     owed = obligations(catalogue, today)
+    by_kpi: dict[str, list[KpiObservation]] = {k.id: [] for k in catalogue.kpis}
+    for r in reports:  # in fold order, kept within each KPI
+        by_kpi.setdefault(r.kpi, []).append(r)
     return Standing(
         catalogue=catalogue,
         as_at=as_at,
         health=programme_health(catalogue, state, as_at),
         kpi_periods={
-            k.id: kpi_results(catalogue, k, reports, locks, today) for k in catalogue.kpis
+            k.id: kpi_results(catalogue, k, by_kpi[k.id], locks, today) for k in catalogue.kpis
         },
         verified=frozenset(
             key
@@ -86,17 +89,16 @@ def kpi_results(
     locks: Locks,
     today: date,
 ) -> tuple[PeriodResult, ...]:
-    """Each period of ``kpi``'s return frequency from the one holding the programme's start
-    to the last ended by ``today``, and any other period with an approved return: the
-    trajectory at its end and the approved value, if any.
+    """From ``kpi``'s ``reports``: each period of its return frequency from the one holding
+    the programme's start to the last ended by ``today``, and any other period with an
+    approved return: the trajectory at its end and the approved value, if any.
 
     A period's approved value is the newest (by event time) of its reporters' approved
     returns; a reporter's return is its newest applied report of the period (what a review
     is of: reports after an approval are kept aside, never applied)."""
     newest: dict[tuple[str, str], KpiObservation] = {}
-    for r in reports:
-        if r.kpi == kpi.id:
-            newest[r.period, r.source] = r  # fold order: the last one is the newest
+    for r in reports:  # ``kpi``'s, in fold order: the last one of a key is the newest
+        newest[r.period, r.source] = r
     approved: dict[str, tuple[KpiObservation, datetime]] = {}
     for (period, reporter), r in newest.items():
         lock = locks.get(kpi_target(kpi.id, period, reporter))
