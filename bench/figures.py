@@ -10,6 +10,7 @@ import base64
 import contextlib
 import json
 import sqlite3
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ import asyncpg
 from bench import bare
 from bench.context import Context, Sizes
 from bench.drain import DrainWatch, delete_consumer, watch_drain
-from bench.harness import Pool, percentile, token_for
+from bench.harness import Pool, free_port, percentile, token_for
 from bench.results import Goal, Spec
 from bench.workload import Message, batch_body, column_events, mixed_events
 from services.aggregator.db import upgrade
@@ -52,6 +53,15 @@ INGEST_P99 = Spec(
     "ms",
     baseline="raw_single_p99",
     goal=Goal("below", 25.0),
+)
+PEER_P50 = Spec("peer_single_p50", "2 bare peer route POST p50 @ rate", "ms")
+PEER_P99 = Spec("peer_single_p99", "2 bare peer route POST p99 @ rate", "ms")
+INGEST_P99_VS_PEER = Spec(
+    "ingest_single_p99_vs_peer",
+    "2 single-event POST p99 against the bare peer",
+    "ms",
+    baseline="peer_single_p99",
+    goal=Goal("ratio_at_most", 1.5),
 )
 INGEST_FAILED = Spec(
     "ingest_single_failed",
@@ -245,9 +255,18 @@ async def ingest(ctx: Context) -> None:
             await _post_singles(svc.url, token, warm_singles, sizes.rate)
             latencies, failures = await _post_singles(svc.url, token, singles, sizes.rate)
             rss = svc.peak_rss_mib()
+            # The bare peer (bench/peer.py) on the same server, at the same rate, right after.
+            port = free_port()
+            argv = [sys.executable, "-m", "bench.peer", "--port", str(port)]
+            async with ctx.bench.service("peer", [*argv, "--nats-url", server.url], port) as peer:
+                await _post_singles(peer.url, token, warm_singles, sizes.rate)
+                bare_latencies, _ = await _post_singles(peer.url, token, singles, sizes.rate)
         ctx.results.add(INGEST_BATCH, accepted / seconds)
         ctx.results.add(INGEST_P50, _ms(latencies, 0.5))
         ctx.results.add(INGEST_P99, _ms(latencies, 0.99))
+        ctx.results.add(PEER_P50, _ms(bare_latencies, 0.5))
+        ctx.results.add(PEER_P99, _ms(bare_latencies, 0.99))
+        ctx.results.add(INGEST_P99_VS_PEER, _ms(latencies, 0.99))
         ctx.results.add(INGEST_FAILED, failures)
         ctx.results.detail(
             "ingest",
