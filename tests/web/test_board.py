@@ -13,19 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import expect
 
 from services.office.views import day_label
+from tests.web.browsing import axe_serious, mark_focusable, tab_through
 from tests.web.conftest import Stack
 
 pytestmark = pytest.mark.slow
 
 SCRIPT_NOTE = '<script>window.__injected = 1</script><b id="bold">not bold</b> & "quoted"'
-FOCUSABLE = (
-    "a[href], button:not([disabled]), input:not([type=hidden]):not([disabled]), "
-    "select:not([disabled]), summary"
-)
 YESTERDAY = (datetime.now(UTC) - timedelta(days=1)).date()
 # Live: connected, or already updated by a change another test made on the shared stack.
 LIVE = re.compile(r"^(Live updates on|Updated at .+)\.$")
@@ -259,29 +255,10 @@ def test_every_page_passes_axe_and_is_keyboard_reachable(
     assert response.status == 200
     page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
 
-    results = Axe().run(page)
-    bad = [
-        f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']][:3]}"
-        for v in results.response["violations"]
-        if v["impact"] in ("serious", "critical")
-    ]
-    assert not bad, "\n".join(bad)
+    assert not (bad := axe_serious(page)), "\n".join(bad)
 
-    wanted = page.evaluate(
-        """(selector) => Array.from(document.querySelectorAll(selector))
-            .filter(e => e.offsetParent !== null || e.classList.contains('skip-link'))
-            .map((e, i) => { e.dataset.focusCheck = String(i); return String(i); })""",
-        FOCUSABLE,
-    )
-    reached: set[str] = set()
-    for _ in range(len(wanted) + 20):  # a date input takes a Tab per part (day, month, year)
-        page.keyboard.press("Tab")
-        mark = page.evaluate("document.activeElement && document.activeElement.dataset.focusCheck")
-        if mark is not None:
-            reached.add(mark)
-        if reached >= set(wanted):
-            break
-    missed = set(wanted) - reached
+    wanted = mark_focusable(page)
+    missed = set(wanted) - tab_through(page, wanted)
     assert not missed, page.evaluate(
         "(ids) => ids.map(i => document.querySelector(`[data-focus-check='${i}']`).outerHTML)",
         sorted(missed),

@@ -28,10 +28,9 @@ from services.office.client import AggregatorClient
 from services.office.settings import OfficeSettings
 from shared.catalogue import load_catalogue
 from shared.exports.gmpp import COLUMNS
+from tests.web.browsing import axe_serious, mark_focusable, tab_through
 from tests.web.conftest import Stack
 from tests.web.test_access import office, settings
-from tests.web.test_board import FOCUSABLE
-from tests.web.test_reporting_reviews import axe_serious
 
 START = load_catalogue().programme_start
 """The programme's start, as the stack's catalogue (the shipped one) has it."""
@@ -241,25 +240,12 @@ def test_the_keyboard_reaches_every_field_and_both_buttons(page: Any, stack: Sta
     response = page.goto(stack.office + "/exports")
     assert response is not None and response.status == 200
     # Tab stops once in a group of radios, on the checked one (arrows move within it).
-    wanted = page.evaluate(
-        """(selector) => Array.from(document.querySelectorAll(selector))
-            .filter(e => e.offsetParent !== null || e.classList.contains('skip-link'))
-            .filter(e => e.type !== 'radio' || e.checked)
-            .map((e, i) => { e.dataset.focusCheck = String(i); return String(i); })""",
-        FOCUSABLE,
-    )
+    wanted = mark_focusable(page, checked_radios_only=True)
     buttons = page.evaluate(
         """() => Array.from(document.querySelectorAll('main button'))
             .map(e => e.dataset.focusCheck)"""
     )
     assert len(buttons) == 2
-    reached: set[str] = set()
-    for _ in range(len(wanted) + 20):  # a date input takes a Tab per part (day, month, year)
-        page.keyboard.press("Tab")
-        mark = page.evaluate("document.activeElement && document.activeElement.dataset.focusCheck")
-        if mark is not None:
-            reached.add(mark)
-        if reached >= set(wanted):
-            break
+    reached = tab_through(page, wanted)
     assert set(buttons) <= reached
     assert set(wanted) <= reached

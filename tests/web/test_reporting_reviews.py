@@ -16,11 +16,10 @@ from typing import Any
 
 import httpx
 import pytest
-from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import expect
 
+from tests.web.browsing import axe_serious, mark_focusable, tab_through
 from tests.web.conftest import Stack
-from tests.web.test_board import FOCUSABLE
 
 pytestmark = pytest.mark.slow
 
@@ -46,15 +45,6 @@ def missing_periods(stack: Stack, kind: str, obligation: str) -> list[str]:
         for o in authority_doc(stack)["missing"]
         if o["kind"] == kind and o["obligation"] == obligation
     )
-
-
-def axe_serious(page: Any) -> list[str]:
-    results = Axe().run(page)
-    return [
-        f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']][:3]}"
-        for v in results.response["violations"]
-        if v["impact"] in ("serious", "critical")
-    ]
 
 
 def test_the_reporting_page_shows_completeness_and_the_silent_reporters(
@@ -249,18 +239,5 @@ def test_the_new_pages_pass_axe_and_are_keyboard_reachable(
     assert response is not None and response.status == 200
     page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
     assert not (bad := axe_serious(page)), "\n".join(bad)
-    wanted = page.evaluate(
-        """(selector) => Array.from(document.querySelectorAll(selector))
-            .filter(e => e.offsetParent !== null || e.classList.contains('skip-link'))
-            .map((e, i) => { e.dataset.focusCheck = String(i); return String(i); })""",
-        FOCUSABLE,
-    )
-    reached: set[str] = set()
-    for _ in range(len(wanted) + 20):
-        page.keyboard.press("Tab")
-        mark = page.evaluate("document.activeElement && document.activeElement.dataset.focusCheck")
-        if mark is not None:
-            reached.add(mark)
-        if reached >= set(wanted):
-            break
-    assert set(wanted) <= reached
+    wanted = mark_focusable(page)
+    assert set(wanted) <= tab_through(page, wanted)
