@@ -11,21 +11,22 @@ functions of that standing.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 from pydantic_core import to_json
-from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.aggregator import queries, returns
 from services.aggregator.api import (
     UNAVAILABLE,
     UNPROCESSABLE,
+    Clock,
     FieldProblem,
     ProblemRoute,
+    Sessions,
     problem_response,
 )
 from services.aggregator.board import Locks
@@ -39,9 +40,6 @@ from shared.instants import end_of_day
 from shared.periods import period_end, period_of, period_start
 from shared.reporting import next_period, obligations, statuses
 from shared.reviews import kpi_target, milestone_target
-
-Clock = Callable[[], datetime]
-Sessions = Callable[[], AsyncSession]
 
 
 async def read_standing(*, catalogue: Catalogue, sessions: Sessions, as_at: datetime) -> Standing:
@@ -185,7 +183,8 @@ def build_exports_router(*, catalogue: Catalogue, sessions: Sessions, clock: Clo
         body = await asyncio.to_thread(iati_activities, found)
         return Response(body, media_type="application/xml")
 
-    async def gmpp(quarter: str) -> tuple[Standing, str] | JSONResponse:
+    async def gmpp(quarter: str) -> Standing | JSONResponse:
+        """The standing a quarter's return is made from, or the 422 naming ``quarter``."""
         try:
             first, last = quarter_bounds(quarter)
         except ValueError as exc:
@@ -195,7 +194,7 @@ def build_exports_router(*, catalogue: Catalogue, sessions: Sessions, clock: Clo
             return refused("quarter", f"{quarter} has not started (today is {now.date()})")
         if last < start:
             return refused("quarter", f"{quarter} ended before the programme's start ({start})")
-        return await standing(end_of_day(last, now)), quarter
+        return await standing(end_of_day(last, now))
 
     @router.get(
         "/v1/exports/gmpp.csv",
@@ -207,7 +206,7 @@ def build_exports_router(*, catalogue: Catalogue, sessions: Sessions, clock: Clo
         found = await gmpp(quarter)
         if isinstance(found, JSONResponse):
             return found
-        body = gmpp_csv(gmpp_rows(*found))
+        body = gmpp_csv(gmpp_rows(found, quarter))
         return Response(
             body,
             media_type="text/csv; charset=utf-8; header=present",
@@ -224,11 +223,10 @@ def build_exports_router(*, catalogue: Catalogue, sessions: Sessions, clock: Clo
         found = await gmpp(quarter)
         if isinstance(found, JSONResponse):
             return found
-        standing_, quarter_ = found
         body = {
-            "quarter": quarter_,
-            "as_at": standing_.as_at,
-            "rows": gmpp_json(gmpp_rows(standing_, quarter_)),
+            "quarter": quarter,
+            "as_at": found.as_at,
+            "rows": gmpp_json(gmpp_rows(found, quarter)),
         }
         return Response(to_json(body), media_type="application/json")
 
