@@ -730,11 +730,17 @@ def _clock_changes(
     out = [_late_from(m.due, proposal.overdue_grace)[1] for m in unfinished]
     progress, _ = last_progress(proposal, state, catalogue.programme_start)
     threshold = proposal.stall_threshold
-    out += [progress + threshold / 2 + EPSILON, progress + threshold + EPSILON]
+    out += _quiet_changes(progress, threshold)
     quiet_for = now - progress
     if quiet_for > threshold / 2:  # a stalled or ageing reason says how long it has been
         out.append(progress + _next_count(quiet_for))
     return out
+
+
+def _quiet_changes(progress: datetime, threshold: timedelta) -> tuple[datetime, datetime]:
+    """When quiet since ``progress`` turns a proposal amber (half its stall threshold) and
+    stalled (the threshold): just after each, as the rules compare strictly."""
+    return progress + threshold / 2 + EPSILON, progress + threshold + EPSILON
 
 
 def _next_count(span: timedelta) -> timedelta:
@@ -777,9 +783,7 @@ def _clock_instants(
         out.update(_late_from(m.due, proposal.overdue_grace))
     threshold = proposal.stall_threshold
     for t in (_midnight(catalogue.programme_start), *progress_times):
-        # The rules compare strictly ("older than"): the change is just after the threshold.
-        out.add(t + threshold / 2 + EPSILON)
-        out.add(t + threshold + EPSILON)
+        out.update(_quiet_changes(t, threshold))
     if proposal.id in catalogue.upstream_of or any(m.follows for m in proposal.milestones):
         # Forecasts move with today's date: every midnight may push one.
         day = start.astimezone(UTC).date() + ONE_DAY
