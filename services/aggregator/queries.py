@@ -79,22 +79,9 @@ async def load_state(
     and that had been stored by ``known_at`` (see :func:`~.storage.log.newest_as_at`)."""
     if as_at is not None or known_at is not None:
         return await _load_state_at(session, _known(as_at, known_at))
-    m = MILESTONE_STATE.c
-    rows = await execute(
-        session,
-        sa.select(
-            m.proposal, m.milestone, m.status, backend(session).aware(m.event_time), m.source,
-            m.event_id, m.note,
-        ),
-    )  # fmt: skip
+    rows = await execute(session, _milestone_rows(session))
     milestones = {(row[0], row[1]): MilestoneState(*row) for row in tuples(rows)}
-    k = KPI_OBSERVATION.c
-    rows = await execute(
-        session,
-        sa.select(
-            k.kpi, k.period, k.value, backend(session).aware(k.event_time), k.source, k.event_id
-        ),
-    )
+    rows = await execute(session, _kpi_rows(session))
     observations: dict[str, list[KpiObservation]] = defaultdict(list)
     # In period order as Python sorts, not as the database collates: the order a state kept
     # up to date has too (shared.health.changed_state).
@@ -109,23 +96,26 @@ async def changed_since(
     """The projection rows written by the commits after the store's ``version`` (and any
     committed while this reads): what :func:`load_state` would read differently. Rows
     taken out of a projection are not among them (see :func:`store_rebuilt`)."""
-    aware = backend(session).aware
+    milestone_rows = _milestone_rows(session).where(MILESTONE_STATE.c.version > version)
+    milestones = [MilestoneState(*row) for row in tuples(await execute(session, milestone_rows))]
+    kpi_rows = _kpi_rows(session).where(KPI_OBSERVATION.c.version > version)
+    return milestones, [KpiObservation(*row) for row in tuples(await execute(session, kpi_rows))]
+
+
+def _milestone_rows(session: AsyncSession) -> sa.Select[Any]:
+    """The milestone projection's rows as :class:`MilestoneState` fields, in their order."""
     m = MILESTONE_STATE.c
-    rows = await execute(
-        session,
-        sa.select(
-            m.proposal, m.milestone, m.status, aware(m.event_time), m.source, m.event_id, m.note
-        ).where(m.version > version),
+    aware = backend(session).aware
+    return sa.select(
+        m.proposal, m.milestone, m.status, aware(m.event_time), m.source, m.event_id, m.note
     )
-    milestones = [MilestoneState(*row) for row in tuples(rows)]
+
+
+def _kpi_rows(session: AsyncSession) -> sa.Select[Any]:
+    """The KPI projection's rows as :class:`KpiObservation` fields, in their order."""
     k = KPI_OBSERVATION.c
-    rows = await execute(
-        session,
-        sa.select(k.kpi, k.period, k.value, aware(k.event_time), k.source, k.event_id).where(
-            k.version > version
-        ),
-    )
-    return milestones, [KpiObservation(*row) for row in tuples(rows)]
+    aware = backend(session).aware
+    return sa.select(k.kpi, k.period, k.value, aware(k.event_time), k.source, k.event_id)
 
 
 async def store_rebuilt(*, session: AsyncSession) -> int:
