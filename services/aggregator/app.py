@@ -299,14 +299,13 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.aggregator = aggregator
-    live = aggregator.live
     app.include_router(
         build_read_router(
             catalogue=catalogue,
             sessions=aggregator.read_session,
             clock=clock,
             ready=aggregator.ready,
-            live=live,
+            live=aggregator.live,
         )
     )
     app.include_router(
@@ -328,7 +327,7 @@ def create_app(
             clock=clock,
             operational=aggregator.metrics,
             office_every=settings.office_metrics_seconds,
-            live=live,
+            live=aggregator.live,
         )
     )
     if settings.bench_static_bytes is not None:
