@@ -177,8 +177,9 @@ def build_exports_router(*, catalogue: Catalogue, sessions: Sessions, clock: Clo
         at = as_at or now
         if at > now:
             return refused("as_at", f"{at.isoformat()} is in the future (now {now.isoformat()})")
-        if at.astimezone(UTC).date() < start:
-            return refused("as_at", f"{at.isoformat()} is before the programme's start ({start})")
+        if (day := at.astimezone(UTC).date()) < start:
+            # The day is what is compared: a date picked in a form is its last microsecond.
+            return refused("as_at", f"{day} is before the programme's start ({start})")
         found = await standing(at)
         body = await asyncio.to_thread(iati_activities, found)
         return Response(body, media_type="application/xml")
