@@ -34,6 +34,7 @@ Every rating carries the :class:`Reason` list that produced it.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -708,33 +709,87 @@ def valid_until(catalogue: Catalogue, state: ProgrammeState, now: datetime) -> d
     while a reason counts the quiet time, when that count (days, or hours under a day)
     ticks.
     """
-    bound = _midnight(_today(now) + ONE_DAY)
-    for proposal in catalogue.proposals:
-        for instant in _clock_changes(catalogue, proposal, state, now):
-            if now < instant < bound:
-                bound = instant
-    return bound
+    return _earliest(
+        (clock_instants(catalogue, p, state) for p in catalogue.proposals), _next_midnight(now), now
+    )
 
 
-def _clock_changes(
-    catalogue: Catalogue, proposal: Proposal, state: ProgrammeState, now: datetime
-) -> list[datetime]:
-    """Instants at which time alone may change ``proposal``'s rating as of ``now``, besides
-    midnights; some may be past."""
+class ClockInstants(NamedTuple):
+    """When time alone may change one proposal's rating, as of its milestone states: fixed
+    instants (due dates' ends of grace, half the stall threshold and the threshold after its
+    last progress; some may be past), and the quiet-time count that ticks once past half
+    the threshold."""
+
+    fixed: tuple[datetime, ...]
+    """Sorted."""
+    progress: datetime
+    threshold: timedelta
+
+    def next_after(self, now: datetime) -> datetime | None:
+        """The first of these instants after ``now``, if any."""
+        i = bisect_right(self.fixed, now)
+        first = self.fixed[i] if i < len(self.fixed) else None
+        quiet_for = now - self.progress
+        if quiet_for > self.threshold / 2:  # a stalled or ageing reason says how long it has been
+            tick = self.progress + _next_count(quiet_for)
+            first = tick if first is None else min(first, tick)
+        return first
+
+
+def clock_instants(
+    catalogue: Catalogue, proposal: Proposal, state: ProgrammeState
+) -> ClockInstants | None:
+    """The :class:`ClockInstants` of ``proposal`` in ``state``; None when all its milestones
+    are completed (it neither stalls nor is overdue: only the KPIs' midnights remain)."""
     states = state.milestones_by_proposal.get(proposal.id, {})
     unfinished = [
         m for m in proposal.milestones if (s := states.get(m.id)) is None or s.status != "completed"
     ]
-    if not unfinished:  # neither stalls nor is overdue: only the KPIs' midnights remain
-        return []
-    out = [_late_from(m.due, proposal.overdue_grace)[1] for m in unfinished]
+    if not unfinished:
+        return None
     progress, _ = last_progress(proposal, state, catalogue.programme_start)
     threshold = proposal.stall_threshold
-    out += _quiet_changes(progress, threshold)
-    quiet_for = now - progress
-    if quiet_for > threshold / 2:  # a stalled or ageing reason says how long it has been
-        out.append(progress + _next_count(quiet_for))
-    return out
+    fixed = [_late_from(m.due, proposal.overdue_grace)[1] for m in unfinished]
+    fixed += _quiet_changes(progress, threshold)
+    return ClockInstants(tuple(sorted(fixed)), progress, threshold)
+
+
+def _next_midnight(now: datetime) -> datetime:
+    return _midnight(_today(now) + ONE_DAY)
+
+
+def _earliest(instants: Iterable[ClockInstants | None], bound: datetime, now: datetime) -> datetime:
+    for kept in instants:
+        if kept is not None and (instant := kept.next_after(now)) is not None and instant < bound:
+            bound = instant
+    return bound
+
+
+class ClockWatch:
+    """:func:`valid_until` kept from one state to the next: a proposal's
+    :class:`ClockInstants` are worked out again only when its milestone states changed (a
+    state from :func:`changed_state` shares the untouched proposals' states with the one
+    before), so a rating after a batch that touched a few proposals costs a lookup for the
+    rest. Same answers as :func:`valid_until`, which a test holds."""
+
+    def __init__(self, catalogue: Catalogue) -> None:
+        self._catalogue = catalogue
+        self._kept: dict[str, tuple[Mapping[str, MilestoneState] | None, ClockInstants | None]] = {}
+
+    def valid_until(self, state: ProgrammeState, now: datetime) -> datetime:
+        return _earliest(
+            (self._instants(p, state) for p in self._catalogue.proposals), _next_midnight(now), now
+        )
+
+    def _instants(self, proposal: Proposal, state: ProgrammeState) -> ClockInstants | None:
+        states = state.milestones_by_proposal.get(proposal.id)
+        kept = self._kept.get(proposal.id)
+        # The very object, held here so that it cannot be freed and its id reused.
+        if kept is not None and kept[0] is states:
+            return kept[1]
+        instants = clock_instants(self._catalogue, proposal, state)
+        self._kept[proposal.id] = (states, instants)
+        return instants
 
 
 def _quiet_changes(progress: datetime, threshold: timedelta) -> tuple[datetime, datetime]:

@@ -20,6 +20,7 @@ import pytest
 from shared.catalogue import Catalogue, load_catalogue
 from shared.health import (
     EPSILON,
+    ClockWatch,
     KpiObservation,
     MilestoneState,
     ProgrammeState,
@@ -181,6 +182,7 @@ def run(catalogue: Catalogue, seed: int) -> tuple[int, int]:
     state = ProgrammeState()
     health = programme_health(catalogue, state, history.now)
     holds_until = valid_until(catalogue, state, history.now)
+    watch = ClockWatch(catalogue)
     incremental = 0
     for step in range(STEPS):
         milestones, observations = [], []
@@ -202,6 +204,8 @@ def run(catalogue: Catalogue, seed: int) -> tuple[int, int]:
             state.milestones_by_proposal == ProgrammeState(state.milestones).milestones_by_proposal
         )
         holds_until = valid_until(catalogue, state, now)
+        # Kept from one state to the next, the same instant as worked out whole.
+        assert watch.valid_until(state, now) == holds_until, f"seed {seed}, step {step}"
     return incremental, STEPS
 
 

@@ -9,6 +9,7 @@ carried as plain strings and never interpreted.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from datetime import date, datetime
 from functools import lru_cache
@@ -315,9 +316,13 @@ def approved(locks: Locks, kpi: str, period: str | None, reporter: str | None) -
     return lock is not None and lock.action == "approve"
 
 
-def _proposal(proposal: Proposal, health: ProposalHealth, locks: Locks) -> dict[str, Any]:
+def _proposal(
+    proposal: Proposal, health: ProposalHealth, locks: Locks, *, milestones: bool = True
+) -> dict[str, Any]:
+    """The plain data of :class:`ProposalOut`; ``milestones`` (the last key) left out when
+    False, for :class:`ProgrammeEncoder` to add as it keeps them."""
     counts = milestone_counts(health)
-    return {
+    data = {
         "id": proposal.id,
         "kind": proposal.kind,
         "title": proposal.title,
@@ -334,8 +339,10 @@ def _proposal(proposal: Proposal, health: ProposalHealth, locks: Locks) -> dict[
         "milestone_counts": counts,
         "unfinished_milestones": len(health.milestones) - counts["completed"],
         "overdue": health.overdue,
-        "milestones": [_milestone(proposal, m, locks) for m in health.milestones],
     }
+    if milestones:
+        data["milestones"] = [_milestone(proposal, m, locks) for m in health.milestones]
+    return data
 
 
 def _kpi(kpi: Kpi, health: KpiHealth, locks: Locks) -> dict[str, Any]:
@@ -400,18 +407,29 @@ def programme_document(
 
 
 class ProgrammeEncoder:
-    """The board's JSON made of each proposal's encoded part, kept from one board to the
-    next: a part is encoded again only when its rating record or the verifications it shows
-    changed. A board after a batch that touched a few proposals (re-rated by
+    """The board's JSON made of encoded parts kept from one board to the next: a proposal's
+    part is made again only when its rating record or the verifications it shows changed,
+    and then from its milestones' parts, each made again only when its own rating or
+    verification changed. A board after a batch that touched a few proposals (re-rated by
     :func:`shared.health.rerate`, which keeps the records of the rest) costs those few; the
-    bytes are those of ``to_json(programme_document(...))``."""
+    bytes are those of ``to_json(programme_document(...))``. Each proposal's part keeps its
+    digest, so the board's entity tag (:meth:`encode_tagged`) hashes those, not the board."""
 
     def __init__(self, catalogue: Catalogue) -> None:
         self._catalogue = catalogue
-        self._parts: dict[str, tuple[ProposalHealth, frozenset[str], bytes]] = {}
+        self._parts: dict[str, tuple[ProposalHealth, frozenset[str], bytes, bytes]] = {}
+        self._milestones: dict[tuple[str, str], tuple[MilestoneHealth, str | None, bytes]] = {}
 
     def encode(self, health: ProgrammeHealth, view: View = LIVE, locks: Locks = NO_LOCKS) -> bytes:
         """``programme_document(catalogue, health, view, locks)`` as JSON bytes."""
+        return self.encode_tagged(health, view, locks)[0]
+
+    def encode_tagged(
+        self, health: ProgrammeHealth, view: View = LIVE, locks: Locks = NO_LOCKS
+    ) -> tuple[bytes, str]:
+        """:meth:`encode`'s bytes and a digest of them (hex): the digest of what joins the
+        parts and of each part's digest, so equal boards have equal digests on any replica
+        and a board that differs in any byte has another."""
         c = self._catalogue
         head = {
             "name": c.programme,
@@ -421,19 +439,24 @@ class ProgrammeEncoder:
             "known_at": view.known_at,
         }
         out = [to_json(head)[:-1], b',"columns":[']
+        digest = hashlib.blake2b(digest_size=16)
         for i, column in enumerate(c.columns):
-            proposals = c.proposals_of(column.id)
-            out += [
-                b"," if i else b"",
-                to_json({"id": column.id, "title": column.title})[:-1],
-                b',"proposals":[',
-                b",".join(self._part(p, health.proposals[p.id], locks) for p in proposals),
-                b"]}",
+            parts = [
+                self._part(p, health.proposals[p.id], locks) for p in c.proposals_of(column.id)
             ]
-        out += [b'],"kpis":', to_json(_kpis(c, health, locks)), b"}"]
-        return b"".join(out)
+            joint = [b"," if i else b"", to_json({"id": column.id, "title": column.title})[:-1]]
+            out += [*joint, b',"proposals":[', b",".join(part for part, _ in parts), b"]}"]
+            digest.update(b"".join(joint))
+            digest.update(b"".join(d for _, d in parts))
+        tail = [b'],"kpis":', to_json(_kpis(c, health, locks)), b"}"]
+        out += tail
+        digest.update(out[0])
+        digest.update(b"".join(tail))
+        return b"".join(out), digest.hexdigest()
 
-    def _part(self, proposal: Proposal, record: ProposalHealth, locks: Locks) -> bytes:
+    def _part(
+        self, proposal: Proposal, record: ProposalHealth, locks: Locks
+    ) -> tuple[bytes, bytes]:
         verified = frozenset(
             m.id
             for m in record.milestones
@@ -441,9 +464,23 @@ class ProgrammeEncoder:
         )
         kept = self._parts.get(proposal.id)
         if kept is not None and kept[0] is record and kept[1] == verified:
+            return kept[2], kept[3]
+        # _proposal's plain data, its milestones (the last key) from their kept parts.
+        data = _proposal(proposal, record, locks, milestones=False)
+        milestones = b",".join(self._milestone(proposal, m, locks) for m in record.milestones)
+        part = b"".join((to_json(data)[:-1], b',"milestones":[', milestones, b"]}"))
+        digest = hashlib.blake2b(part, digest_size=16).digest()
+        self._parts[proposal.id] = (record, verified, part, digest)
+        return part, digest
+
+    def _milestone(self, proposal: Proposal, m: MilestoneHealth, locks: Locks) -> bytes:
+        verification = _verification(proposal, m, locks)
+        key = (proposal.id, m.id)
+        kept = self._milestones.get(key)
+        if kept is not None and kept[1] == verification and kept[0] == m:
             return kept[2]
-        part = to_json(_proposal(proposal, record, locks))
-        self._parts[proposal.id] = (record, verified, part)
+        part = to_json(_milestone(proposal, m, locks))
+        self._milestones[key] = (m, verification, part)
         return part
 
 

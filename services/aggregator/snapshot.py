@@ -50,6 +50,7 @@ from services.aggregator.board import (
 )
 from shared.catalogue import Catalogue
 from shared.health import (
+    ClockWatch,
     ProgrammeHealth,
     ProgrammeState,
     Touched,
@@ -129,12 +130,14 @@ def build_snapshot(
     now: datetime,
     previous: tuple[Snapshot, Touched] | None = None,
     encoder: ProgrammeEncoder | None = None,
+    watch: ClockWatch | None = None,
 ) -> Snapshot:
     """Rate ``state`` at ``now`` and encode the board and the KPIs: a pure function. With
     ``previous`` (a snapshot of a state that differs from ``state`` by what it touched),
     only what that can change is rated again (:func:`shared.health.rerate`); with
     ``encoder``, only the proposals rated again (or whose verifications changed) are
-    encoded again, the same bytes."""
+    encoded again, the same bytes; with ``watch``, only their clock instants are worked out
+    again (:class:`shared.health.ClockWatch`), the same ``valid_until``."""
     if previous is None:
         health = programme_health(catalogue, state, now)
     else:
@@ -145,9 +148,10 @@ def build_snapshot(
     # Serialised straight from the board's plain data: at thousands of milestones a model
     # per milestone would cost more than rating the programme (see board.py).
     if encoder is None:
-        programme = to_json(programme_document(catalogue, health, LIVE, locks))
+        programme = encode(to_json(programme_document(catalogue, health, LIVE, locks)))
     else:
-        programme = encoder.encode(health, LIVE, locks)
+        body, digest = encoder.encode_tagged(health, LIVE, locks)
+        programme = Encoded(body, f'"{digest}"')
     kpis = kpi_list(catalogue, health, LIVE, locks).model_dump_json().encode()
     return Snapshot(
         catalogue=catalogue,
@@ -155,8 +159,10 @@ def build_snapshot(
         state=state,
         health=health,
         locks=locks,
-        valid_until=valid_until(catalogue, state, now),
-        programme=encode(programme),
+        valid_until=(
+            valid_until(catalogue, state, now) if watch is None else watch.valid_until(state, now)
+        ),
+        programme=programme,
         kpis=encode(kpis),
     )
 
@@ -170,6 +176,7 @@ class LiveBoard:
         self._clock = clock
         self._current: Snapshot | None = None
         self._encoder = ProgrammeEncoder(catalogue)
+        self._watch = ClockWatch(catalogue)
         self._building = asyncio.Lock()
 
     async def snapshot(self) -> Snapshot:
@@ -206,12 +213,14 @@ class LiveBoard:
                         return build_snapshot(
                             self._catalogue, state, locks, version, self._clock(),
                             previous=(current, touched), encoder=self._encoder,
+                            watch=self._watch,
                         )  # fmt: skip
                 state = await queries.load_state(session=session)
                 locks = await returns.locks(session=session, targets=returns.shown_targets(state))
             return build_snapshot(
-                self._catalogue, state, locks, version, self._clock(), encoder=self._encoder
-            )
+                self._catalogue, state, locks, version, self._clock(),
+                encoder=self._encoder, watch=self._watch,
+            )  # fmt: skip
 
 
 async def _changed(

@@ -6,7 +6,7 @@ and unverified, KPI returns approved."""
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from pydantic_core import to_json
@@ -46,6 +46,7 @@ def run(catalogue: Catalogue, seed: int) -> int:
     holds_until = valid_until(catalogue, state, history.now)
     encoder = ProgrammeEncoder(catalogue)
     locks: Locks = {}
+    tags: dict[str, bytes] = {}
     for step in range(STEPS):
         milestones, observations = [], []
         for _ in range(rnd.choice((0, 1, 1, 2))):
@@ -60,7 +61,12 @@ def run(catalogue: Catalogue, seed: int) -> int:
         holds_until = valid_until(catalogue, state, history.now)
         locks = random_locks(state, rnd, locks)
         whole = to_json(programme_document(catalogue, health, LIVE, locks))
-        assert encoder.encode(health, LIVE, locks) == whole, f"seed {seed}, step {step}"
+        body, tag = encoder.encode_tagged(health, LIVE, locks)
+        assert body == whole, f"seed {seed}, step {step}"
+        # The tag of kept parts is a new encoder's (another replica's), one tag per body.
+        assert ProgrammeEncoder(catalogue).encode_tagged(health, LIVE, locks) == (body, tag)
+        assert tags.setdefault(tag, body) == body, f"seed {seed}, step {step}: a tag reused"
+    assert len(set(tags.values())) > STEPS / 2  # the history did change the board
     return len(catalogue.proposals)
 
 
@@ -80,6 +86,12 @@ def test_an_untouched_proposal_is_not_encoded_again() -> None:
     health = programme_health(catalogue, ProgrammeState(), now)
     encoder = ProgrammeEncoder(catalogue)
     first = encoder.encode(health)
-    kept = {p: part for p, (_, _, part) in encoder._parts.items()}
+    kept = {p: part for p, (_, _, part, _) in encoder._parts.items()}
+    milestones = {k: part for k, (_, _, part) in encoder._milestones.items()}
     assert encoder.encode(health) == first
     assert all(encoder._parts[p][2] is part for p, part in kept.items())  # the same objects
+    # A proposal rated again with one milestone changed makes that milestone's part again.
+    again = programme_health(catalogue, ProgrammeState(), now + timedelta(days=400))
+    assert encoder.encode(again) == to_json(programme_document(catalogue, again))
+    remade = [k for k, (_, _, part) in encoder._milestones.items() if part is not milestones[k]]
+    assert remade and len(remade) < len(milestones)
