@@ -46,8 +46,8 @@ from services.aggregator.opmetrics import OperationalMetrics
 from services.aggregator.queries import collector_paused
 from services.aggregator.returns import Queue, column_of_return, read_queue
 from services.aggregator.snapshot import LiveBoard
-from shared.catalogue import Catalogue
-from shared.health import ProgrammeHealth
+from shared.catalogue import Catalogue, Proposal
+from shared.health import ProgrammeHealth, ProposalHealth
 from shared.reporting import STATES, ReturnKey, Status, silent_reporters
 
 PROPOSAL_LABELS = ["column", "proposal"]
@@ -86,58 +86,76 @@ def programme_families(catalogue: Catalogue, health: ProgrammeHealth) -> list[Ga
 def programme_gauges(catalogue: Catalogue, health: ProgrammeHealth) -> list[Gauge]:
     """Every programme gauge of one snapshot, from the catalogue and the typed health
     records; a pure function."""
-    rag = Gauge("cotn_proposal_rag", "Proposal RAG: 0 green, 1 amber, 2 red", PROPOSAL_LABELS)
-    stalled = Gauge(
-        "cotn_proposal_stalled",
-        "1 when the proposal has unfinished milestones and no milestone event within its "
-        "stall threshold",
-        PROPOSAL_LABELS,
-    )
-    last_progress = Gauge(
-        "cotn_proposal_last_progress_timestamp_seconds",
-        "Event time of the proposal's newest milestone event, or the programme start before "
-        "any; stalled when time() - this > cotn_proposal_stall_threshold_seconds",
-        PROPOSAL_LABELS,
-    )
-    threshold = Gauge(
-        "cotn_proposal_stall_threshold_seconds",
-        "Seconds without a milestone event after which the proposal is stalled (catalogue)",
-        PROPOSAL_LABELS,
-    )
-    unfinished = Gauge(
-        "cotn_proposal_unfinished_milestones",
-        "Milestones of the proposal not yet completed",
-        PROPOSAL_LABELS,
-    )
-    milestones = Gauge(
-        "cotn_milestones", "Milestones of the proposal in each status", [*PROPOSAL_LABELS, "status"]
-    )
-    overdue = Gauge(
-        "cotn_milestone_overdue",
-        "1 when the milestone's due date has passed and it is not completed",
-        [*PROPOSAL_LABELS, "milestone"],
-    )
-    info = Gauge(
-        "cotn_proposal_info",
-        "Always 1: the proposal's title and kind, to join onto other proposal metrics",
-        [*PROPOSAL_LABELS, "title", "kind"],
-    )
+    gauges = proposal_gauges()
     for column in catalogue.columns:
         for proposal in catalogue.proposals_of(column.id):
-            p = health.proposals[proposal.id]
-            labels = (column.id, proposal.id)
-            counts = milestone_counts(p)
-            rag.add_metric(labels, rag_value(p.rag))
-            stalled.add_metric(labels, int(p.stalled))
-            last_progress.add_metric(labels, p.last_progress.timestamp())
-            threshold.add_metric(labels, p.stall_threshold.total_seconds())
-            unfinished.add_metric(labels, len(p.milestones) - counts["completed"])
-            for status, count in counts.items():
-                milestones.add_metric((*labels, status), count)
-            for m in p.milestones:
-                overdue.add_metric((*labels, m.id), int(m.overdue))
-            info.add_metric((*labels, proposal.title, proposal.kind), 1)
+            add_proposal(gauges, column.id, proposal, health.proposals[proposal.id])
+    return [*gauges, *kpi_gauges(catalogue, health)]
 
+
+def proposal_gauges() -> list[Gauge]:
+    """The per-proposal programme gauges, empty, in their order on ``/metrics``."""
+    return [
+        Gauge("cotn_proposal_rag", "Proposal RAG: 0 green, 1 amber, 2 red", PROPOSAL_LABELS),
+        Gauge(
+            "cotn_proposal_stalled",
+            "1 when the proposal has unfinished milestones and no milestone event within its "
+            "stall threshold",
+            PROPOSAL_LABELS,
+        ),
+        Gauge(
+            "cotn_proposal_last_progress_timestamp_seconds",
+            "Event time of the proposal's newest milestone event, or the programme start "
+            "before any; stalled when time() - this > cotn_proposal_stall_threshold_seconds",
+            PROPOSAL_LABELS,
+        ),
+        Gauge(
+            "cotn_proposal_stall_threshold_seconds",
+            "Seconds without a milestone event after which the proposal is stalled (catalogue)",
+            PROPOSAL_LABELS,
+        ),
+        Gauge(
+            "cotn_proposal_unfinished_milestones",
+            "Milestones of the proposal not yet completed",
+            PROPOSAL_LABELS,
+        ),
+        Gauge(
+            "cotn_milestones",
+            "Milestones of the proposal in each status",
+            [*PROPOSAL_LABELS, "status"],
+        ),
+        Gauge(
+            "cotn_milestone_overdue",
+            "1 when the milestone's due date has passed and it is not completed",
+            [*PROPOSAL_LABELS, "milestone"],
+        ),
+        Gauge(
+            "cotn_proposal_info",
+            "Always 1: the proposal's title and kind, to join onto other proposal metrics",
+            [*PROPOSAL_LABELS, "title", "kind"],
+        ),
+    ]
+
+
+def add_proposal(gauges: list[Gauge], column: str, proposal: Proposal, p: ProposalHealth) -> None:
+    """One proposal's samples, added to :func:`proposal_gauges`' gauges."""
+    rag, stalled, last_progress, threshold, unfinished, milestones, overdue, info = gauges
+    labels = (column, proposal.id)
+    counts = milestone_counts(p)
+    rag.add_metric(labels, rag_value(p.rag))
+    stalled.add_metric(labels, int(p.stalled))
+    last_progress.add_metric(labels, p.last_progress.timestamp())
+    threshold.add_metric(labels, p.stall_threshold.total_seconds())
+    unfinished.add_metric(labels, len(p.milestones) - counts["completed"])
+    for status, count in counts.items():
+        milestones.add_metric((*labels, status), count)
+    for m in p.milestones:
+        overdue.add_metric((*labels, m.id), int(m.overdue))
+    info.add_metric((*labels, proposal.title, proposal.kind), 1)
+
+
+def kpi_gauges(catalogue: Catalogue, health: ProgrammeHealth) -> list[Gauge]:
+    """The per-KPI programme gauges of one snapshot."""
     value = Gauge("cotn_kpi_value", "The KPI's latest reported actual", ["kpi"])
     expected = Gauge("cotn_kpi_expected", "The KPI's trajectory value now", ["kpi"])
     target = Gauge("cotn_kpi_target", "The KPI's target value", ["kpi"])
@@ -162,21 +180,7 @@ def programme_gauges(catalogue: Catalogue, health: ProgrammeHealth) -> list[Gaug
         if k.actual is not None:
             value.add_metric((kpi.id,), k.actual)
             off.add_metric((kpi.id,), int(k.on_track is False))
-    return [
-        rag,
-        stalled,
-        last_progress,
-        threshold,
-        unfinished,
-        milestones,
-        overdue,
-        info,
-        value,
-        expected,
-        target,
-        off,
-        evidence,
-    ]
+    return [value, expected, target, off, evidence]
 
 
 def approval_gauge(catalogue: Catalogue, health: ProgrammeHealth, locks: Locks) -> Gauge:
@@ -324,21 +328,65 @@ def _series(gauge: Gauge, labels: tuple[str, ...]) -> str:
 
 def render_gauges(gauges: list[Gauge]) -> bytes:
     """The 0.0.4 text exposition of ``gauges``, as ``generate_latest`` would write it."""
+    return "".join(_header(g) + _samples(g) for g in gauges).encode()
+
+
+def _header(gauge: Gauge) -> str:
+    help_text = gauge.documentation.replace("\\", r"\\").replace("\n", r"\n")
+    return f"# HELP {gauge.name} {help_text}\n# TYPE {gauge.name} gauge\n"
+
+
+def _samples(gauge: Gauge) -> str:
+    """``gauge``'s sample lines."""
     out: list[str] = []
     cached = sum(map(len, _series_text.values()))
-    for gauge in gauges:
-        help_text = gauge.documentation.replace("\\", r"\\").replace("\n", r"\n")
-        out.append(f"# HELP {gauge.name} {help_text}\n# TYPE {gauge.name} gauge\n")
-        known = _series_text.setdefault((gauge.name, tuple(gauge.labels)), {})
-        for labels, value in gauge.samples:
-            series = known.get(labels)
-            if series is None:
-                series = _series(gauge, labels)
-                if cached < MAX_CACHED_SERIES:
-                    known[labels] = series
-                    cached += 1
-            out.append(f"{series}{_value_text(value)}\n")
-    return "".join(out).encode()
+    known = _series_text.setdefault((gauge.name, tuple(gauge.labels)), {})
+    for labels, value in gauge.samples:
+        series = known.get(labels)
+        if series is None:
+            series = _series(gauge, labels)
+            if cached < MAX_CACHED_SERIES:
+                known[labels] = series
+                cached += 1
+        out.append(f"{series}{_value_text(value)}\n")
+    return "".join(out)
+
+
+class GaugeEncoder:
+    """The programme gauges' text (:func:`programme_gauges` and the approval gauge, as
+    :func:`render_gauges` writes them) made of each proposal's sample lines kept from one
+    snapshot to the next: a proposal's lines are written again only when its rating record
+    changed (:func:`shared.health.rerate` keeps the records of the proposals it did not
+    rate again). The KPIs' gauges, a few lines each, are written whole. A test holds the
+    bytes equal to the gauges rendered whole."""
+
+    def __init__(self, catalogue: Catalogue) -> None:
+        self._catalogue = catalogue
+        self._headers = [_header(g) for g in proposal_gauges()]
+        self._kept: dict[str, tuple[ProposalHealth, list[str]]] = {}
+
+    def render(self, health: ProgrammeHealth, locks: Locks) -> bytes:
+        c = self._catalogue
+        lines = [
+            self._lines(column.id, proposal, health.proposals[proposal.id])
+            for column in c.columns
+            for proposal in c.proposals_of(column.id)
+        ]
+        out = [
+            header + "".join(each[i] for each in lines) for i, header in enumerate(self._headers)
+        ]
+        rest = [*kpi_gauges(c, health), approval_gauge(c, health, locks)]
+        return ("".join(out) + "".join(_header(g) + _samples(g) for g in rest)).encode()
+
+    def _lines(self, column: str, proposal: Proposal, record: ProposalHealth) -> list[str]:
+        kept = self._kept.get(proposal.id)
+        if kept is not None and kept[0] is record:
+            return kept[1]
+        gauges = proposal_gauges()
+        add_proposal(gauges, column, proposal, record)
+        lines = [_samples(g) for g in gauges]
+        self._kept[proposal.id] = (record, lines)
+        return lines
 
 
 class OfficeGauges:
@@ -405,9 +453,7 @@ def build_metrics_router(
     router = APIRouter(route_class=ProblemRoute)
     live = live or LiveBoard(catalogue=catalogue, sessions=sessions, clock=clock)
 
-    def render_programme(health: ProgrammeHealth, locks: Locks) -> bytes:
-        gauges = [*programme_gauges(catalogue, health), approval_gauge(catalogue, health, locks)]
-        return render_gauges(gauges)
+    render_programme = GaugeEncoder(catalogue).render
 
     last_read = b""
 

@@ -1,7 +1,8 @@
 """The live board's JSON made of kept parts (``board.ProgrammeEncoder``) is byte for byte
-the board's document serialised whole, at every step of a random history: ratings kept up
-to date by ``rerate`` (whose untouched records the encoder reuses), completions verified
-and unverified, KPI returns approved."""
+the board's document serialised whole, and its ``/metrics`` gauges made of kept lines
+(``metrics.GaugeEncoder``) the gauges rendered whole, at every step of a random history:
+ratings kept up to date by ``rerate`` (whose untouched records the encoders reuse),
+completions verified and unverified, KPI returns approved."""
 
 from __future__ import annotations
 
@@ -13,6 +14,12 @@ from pydantic_core import to_json
 from test_incremental_health import History, generated_catalogue
 
 from services.aggregator.board import LIVE, Locks, ProgrammeEncoder, programme_document
+from services.aggregator.metrics import (
+    GaugeEncoder,
+    approval_gauge,
+    programme_gauges,
+    render_gauges,
+)
 from shared.catalogue import Catalogue, load_catalogue
 from shared.health import ProgrammeState, changed_state, programme_health, rerate, valid_until
 from shared.reviews import Review, kpi_target, milestone_target
@@ -45,6 +52,7 @@ def run(catalogue: Catalogue, seed: int) -> int:
     health = programme_health(catalogue, state, history.now)
     holds_until = valid_until(catalogue, state, history.now)
     encoder = ProgrammeEncoder(catalogue)
+    gauges = GaugeEncoder(catalogue)
     locks: Locks = {}
     tags: dict[str, bytes] = {}
     for step in range(STEPS):
@@ -66,6 +74,11 @@ def run(catalogue: Catalogue, seed: int) -> int:
         # The tag of kept parts is a new encoder's (another replica's), one tag per body.
         assert ProgrammeEncoder(catalogue).encode_tagged(health, LIVE, locks) == (body, tag)
         assert tags.setdefault(tag, body) == body, f"seed {seed}, step {step}: a tag reused"
+        whole_gauges = [
+            *programme_gauges(catalogue, health),
+            approval_gauge(catalogue, health, locks),
+        ]
+        assert gauges.render(health, locks) == render_gauges(whole_gauges), f"seed {seed}, {step}"
     assert len(set(tags.values())) > STEPS / 2  # the history did change the board
     return len(catalogue.proposals)
 
