@@ -25,10 +25,13 @@ from typing import Any
 
 import asyncpg
 import nats
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
 from bench.workload import Message
+from services.ingest.acks import Ack, PendingAcks, Send
+from services.ingest.claims import CREATE_ONLY, Claim, claim_key, claim_subject
 from shared.bus import (
+    CLAIMS_STREAM,
     CONTENT_TYPE,
     EVENTS_STREAM,
     EVENTS_SUBJECTS,
@@ -134,6 +137,60 @@ async def single_publish_latencies(
             m = messages[i]
             await js.publish(m.subject, m.payload, stream=EVENTS_STREAM, headers=headers_of(m))
             return True
+
+        return await open_loop(rate, len(messages), send)
+    finally:
+        await connection.close()
+
+
+ATOMIC_STREAM = "BENCH_CLAIMED"
+"""A stream of the bench's own that holds claims and events, to publish both as one atomic
+batch: the project's streams cannot (an atomic batch goes to one stream, and the claims
+outlive the events stream's ``max_age``: here a claim's ``Nats-TTL: never`` would)."""
+
+
+async def claimed_publish_latencies(
+    url: str, messages: Sequence[Message], rate: float, *, atomic: bool
+) -> tuple[list[float], int]:
+    """Each event's claim and the event, at ``rate`` a second, as a column service
+    publishes a single event but without HTTP: the claim (create-only, in the claims
+    bucket) acknowledged, then the event (two synced writes, one after the other); or, with
+    ``atomic``, the two as one atomic batch of :data:`ATOMIC_STREAM` (one write per event,
+    the alternative issue 16 names)."""
+    connection = await nats.connect(url)
+    try:
+        js = connection.jetstream(timeout=5)
+        await ensure_streams(js, StreamSettings())
+        await js.add_stream(
+            StreamConfig(
+                name=ATOMIC_STREAM,
+                subjects=["bench.claimed.>"],
+                storage=StorageType.FILE,
+                allow_atomic=True,
+                allow_msg_ttl=True,
+            )
+        )
+        acks = PendingAcks(connection, max_pending=WINDOW, timeout=5)
+
+        async def send(i: int) -> bool:
+            m = messages[i]
+            claim = Claim(m.msg_id, "2025-01-01T00:00:00Z").encode()
+            event = Send(m.subject, m.payload, headers_of(m), EVENTS_STREAM)
+            if atomic:
+                claim_headers = {**CREATE_ONLY, "Nats-TTL": "never"}
+                subject = f"bench.claimed.claims.{claim_key(m.msg_id)}"
+                answer = await acks.publish_atomic(
+                    [
+                        Send(subject, claim, claim_headers, ATOMIC_STREAM),
+                        Send(f"bench.claimed.events.{i}", m.payload, headers_of(m), ATOMIC_STREAM),
+                    ]
+                )
+                return isinstance(answer, Ack)
+            [made] = await acks.publish_all(
+                [Send(claim_subject(m.msg_id), claim, CREATE_ONLY, CLAIMS_STREAM)]
+            )
+            [published] = await acks.publish_all([event]) if isinstance(made, Ack) else [made]
+            return isinstance(published, Ack)
 
         return await open_loop(rate, len(messages), send)
     finally:

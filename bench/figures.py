@@ -35,6 +35,24 @@ SINGLE_TYPE = "application/cloudevents+json"
 RAW_PUBLISH = Spec("raw_publish", "1 raw JetStream publish, acks pending", "events/s")
 RAW_P50 = Spec("raw_single_p50", "1 raw single publish p50 @ rate", "ms")
 RAW_P99 = Spec("raw_single_p99", "1 raw single publish p99 @ rate", "ms")
+CLAIMED_P50 = Spec(
+    "raw_claimed_p50", "1 raw claim, then event, p50 @ rate", "ms", baseline="raw_single_p50"
+)
+CLAIMED_P99 = Spec(
+    "raw_claimed_p99", "1 raw claim, then event, p99 @ rate", "ms", baseline="raw_single_p99"
+)
+ATOMIC_P50 = Spec(
+    "raw_atomic_p50",
+    "1 raw claim + event, one atomic batch, p50 @ rate",
+    "ms",
+    baseline="raw_single_p50",
+)
+ATOMIC_P99 = Spec(
+    "raw_atomic_p99",
+    "1 raw claim + event, one atomic batch, p99 @ rate",
+    "ms",
+    baseline="raw_single_p99",
+)
 BARE_LOOP = Spec("bare_loop", "1 bare pull→decode→insert→commit→ack (PG)", "events/s")
 BARE_SQLITE = Spec("bare_loop_sqlite", "1 bare pull→decode→insert→commit→ack (SQLite)", "events/s")
 INGEST_BATCH = Spec(
@@ -144,6 +162,19 @@ async def _raw_latency_once(ctx: Context, run: int) -> None:
     ctx.results.add(RAW_P50, _ms(latencies, 0.5))
     ctx.results.add(RAW_P99, _ms(latencies, 0.99))
     ctx.results.detail("raw_single", {"requests": count, "failures": failures})
+    # What a single event costs the bus with its claim (#17), and as one atomic batch: each on
+    # a server of its own, so that no measurement writes into another's stream.
+    for atomic, (p50, p99) in (
+        (False, (CLAIMED_P50, CLAIMED_P99)),
+        (True, (ATOMIC_P50, ATOMIC_P99)),
+    ):
+        async with ctx.bench.nats() as server:
+            latencies, failures = await bare.claimed_publish_latencies(
+                server.url, messages, sizes.rate, atomic=atomic
+            )
+        ctx.results.add(p50, _ms(latencies, 0.5))
+        ctx.results.add(p99, _ms(latencies, 0.99))
+        ctx.results.detail(f"raw_{'atomic' if atomic else 'claimed'}", {"failures": failures})
 
 
 async def bare_loop(ctx: Context) -> None:
