@@ -1,12 +1,11 @@
 """The live board as an immutable snapshot: read and rated once, encoded once, then served
 until the store or the clock changes it.
 
-A :class:`Snapshot` is the rating of the stored state at the instant it was built. The
-live answers of ``/v1/programme``, ``/v1/kpis`` and ``/v1/proposals/{id}`` (encoded bytes
-and their strong ``ETag``) and the ``/metrics`` programme gauges' text are made from it the
-first time each is asked for, then served as they are: a snapshot built for the status
-pass, or for ``/metrics``, encodes no board. It records two things that say when it stops
-being right:
+A :class:`Snapshot` is the rating of the stored state at the instant it was built, with
+what the live answers of ``/v1/programme`` and ``/v1/kpis`` are (encoded bytes and their
+strong ``ETag``), each proposal's ``/v1/proposals/{id}`` encoded the first time it is asked
+for, and the ``/metrics`` programme gauges' text likewise. It records two things that say
+when it stops being right:
 
 - ``version``: the store's version it was read at. Every commit that changes what the
   board reads moves the version on in the same transaction (``store_version``, moved by
@@ -35,7 +34,6 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import cached_property
 from typing import NamedTuple
 
 from pydantic_core import to_json
@@ -90,28 +88,13 @@ class Snapshot:
     health: ProgrammeHealth
     locks: Locks
     valid_until: datetime
-    encoder: ProgrammeEncoder | None = field(default=None, repr=False)
-    """Kept parts to encode the board from (the same bytes as encoding it whole)."""
-    # Made the first time asked for: most proposals' pages are never read between changes,
-    # and a snapshot built for the status pass or /metrics need not encode the board.
+    programme: Encoded = field(repr=False)
+    """``GET /v1/programme``."""
+    kpis: Encoded = field(repr=False)
+    """``GET /v1/kpis``."""
+    # Made the first time asked for: most proposals' pages are never read between changes.
     _proposals: dict[str, Encoded] = field(default_factory=dict, repr=False, compare=False)
     _texts: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
-
-    @cached_property
-    def programme(self) -> Encoded:
-        """``GET /v1/programme``, encoded the first time asked for."""
-        with queries.collector_paused():
-            if self.encoder is None:
-                document = programme_document(self.catalogue, self.health, LIVE, self.locks)
-                return encode(to_json(document))
-            body, digest = self.encoder.encode_tagged(self.health, LIVE, self.locks)
-            return Encoded(body, f'"{digest}"')
-
-    @cached_property
-    def kpis(self) -> Encoded:
-        """``GET /v1/kpis``, encoded the first time asked for."""
-        kpis = kpi_list(self.catalogue, self.health, LIVE, self.locks)
-        return encode(kpis.model_dump_json().encode())
 
     def fresh(self, version: int, now: datetime) -> bool:
         """Whether this is still the board of a store at ``version`` at ``now``."""
@@ -149,13 +132,12 @@ def build_snapshot(
     encoder: ProgrammeEncoder | None = None,
     watch: ClockWatch | None = None,
 ) -> Snapshot:
-    """Rate ``state`` at ``now``: a pure function (the board and the KPIs are encoded when
-    first asked for). With ``previous`` (a snapshot of a state that differs from ``state``
-    by what it touched), only what that can change is rated again
-    (:func:`shared.health.rerate`); with ``encoder``, only the proposals rated again (or
-    whose verifications changed) are encoded again, the same bytes; with ``watch``, only
-    their clock instants are worked out again (:class:`shared.health.ClockWatch`), the same
-    ``valid_until``."""
+    """Rate ``state`` at ``now`` and encode the board and the KPIs: a pure function. With
+    ``previous`` (a snapshot of a state that differs from ``state`` by what it touched),
+    only what that can change is rated again (:func:`shared.health.rerate`); with
+    ``encoder``, only the proposals rated again (or whose verifications changed) are
+    encoded again, the same bytes; with ``watch``, only their clock instants are worked out
+    again (:class:`shared.health.ClockWatch`), the same ``valid_until``."""
     if previous is None:
         health = programme_health(catalogue, state, now)
     else:
@@ -163,6 +145,14 @@ def build_snapshot(
         health = rerate(
             catalogue, before.health, state, touched, now, holds_until=before.valid_until
         )
+    # Serialised straight from the board's plain data: at thousands of milestones a model
+    # per milestone would cost more than rating the programme (see board.py).
+    if encoder is None:
+        programme = encode(to_json(programme_document(catalogue, health, LIVE, locks)))
+    else:
+        body, digest = encoder.encode_tagged(health, LIVE, locks)
+        programme = Encoded(body, f'"{digest}"')
+    kpis = kpi_list(catalogue, health, LIVE, locks).model_dump_json().encode()
     return Snapshot(
         catalogue=catalogue,
         version=version,
@@ -172,7 +162,8 @@ def build_snapshot(
         valid_until=(
             valid_until(catalogue, state, now) if watch is None else watch.valid_until(state, now)
         ),
-        encoder=encoder,
+        programme=programme,
+        kpis=encode(kpis),
     )
 
 
