@@ -469,9 +469,9 @@ def _milestone_reasons(milestones: Sequence[MilestoneHealth], proposal: Proposal
                     events=refs,
                 )
             )
-        late = f"{m.title} was due {m.due} and is {m.status.replace('_', ' ')}"
-        late_from, beyond_from = _late_from(m.due, grace)
-        if m.overdue_beyond_grace:
+        if m.overdue:  # and so, perhaps, beyond its grace
+            late = f"{m.title} was due {m.due} and is {m.status.replace('_', ' ')}"
+            late_from, beyond_from = _late_from(m.due, grace)
             reasons.append(
                 Reason(
                     "milestone_overdue_beyond_grace",
@@ -481,10 +481,8 @@ def _milestone_reasons(milestones: Sequence[MilestoneHealth], proposal: Proposal
                     since=beyond_from,
                     events=refs,
                 )
-            )
-        elif m.overdue:
-            reasons.append(
-                Reason("milestone_overdue", "amber", late, m.id, since=late_from, events=refs)
+                if m.overdue_beyond_grace
+                else Reason("milestone_overdue", "amber", late, m.id, since=late_from, events=refs)
             )
         if m.status == "at_risk":
             reasons.append(

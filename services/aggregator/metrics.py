@@ -338,16 +338,14 @@ def _header(gauge: Gauge) -> str:
 
 def _samples(gauge: Gauge) -> str:
     """``gauge``'s sample lines."""
-    out: list[str] = []
-    cached = sum(map(len, _series_text.values()))
     known = _series_text.setdefault((gauge.name, tuple(gauge.labels)), {})
+    out: list[str] = []
     for labels, value in gauge.samples:
         series = known.get(labels)
         if series is None:
             series = _series(gauge, labels)
-            if cached < MAX_CACHED_SERIES:
+            if sum(map(len, _series_text.values())) < MAX_CACHED_SERIES:
                 known[labels] = series
-                cached += 1
         out.append(f"{series}{_value_text(value)}\n")
     return "".join(out)
 
