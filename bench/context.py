@@ -32,6 +32,7 @@ class Sizes:
     scale_milestones_per_proposal: int = 10
     scale_events: int = 1_000_000
     read_requests: int = 50
+    design_requests: int = 200
     reporting_authorities: int = 100
     reporting_kpis: int = 100
     reporting_years: int = 5
@@ -52,6 +53,7 @@ class Sizes:
             scale_milestones_per_proposal=4,
             scale_events=20_000,
             read_requests=5,
+            design_requests=5,
             reporting_authorities=10,
             reporting_kpis=10,
             reporting_years=1,
