@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import subprocess
@@ -17,20 +18,30 @@ from typing import TypeVar
 
 from services.cli.supervisor import port_is_free
 from shared.catalogue import load_catalogue
-from shared.natsserver import free_port
 
 T = TypeVar("T")
 STARTED = re.compile(r"\b(?:re)?started (\S+) \(pid (\d+)\)(?: on [\d.]+:(\d+))?")
 
 
+EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
 def free_base_port(count: int = 5) -> int:
     """A port P such that P .. P + count - 1 are all free on loopback (aggregator, three
-    columns and the web board by default)."""
-    for _ in range(100):
-        base = free_port()
-        if base + count <= 65535 and all(
-            port_is_free("127.0.0.1", p) for p in range(base, base + count)
-        ):
+    columns and the web board by default).
+
+    Chosen below the kernel's ephemeral range: the stack's own outgoing connections (to NATS
+    and the database, made while its services start) take their source ports from that
+    range, and one once took a column's port before the column bound it ("port … is busy").
+    """
+    try:
+        first_ephemeral = int(EPHEMERAL_PORTS.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        first_ephemeral = 32768  # Linux's default
+    choose = random.Random()
+    for _ in range(200):
+        base = choose.randrange(10_000, first_ephemeral - count)
+        if all(port_is_free("127.0.0.1", p) for p in range(base, base + count)):
             return base
     raise RuntimeError(f"no {count} consecutive free ports found")
 
