@@ -12,6 +12,7 @@ it becomes the previous rating, so a difference would compound rather than hide.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -156,6 +157,22 @@ class History:
         self.kpis[(kpi.id, period)] = (t, self.seq, o)
         return o
 
+    def step(
+        self, counts: Sequence[int], clock_moves: float, holds_until: datetime
+    ) -> tuple[list[MilestoneState], list[KpiObservation]]:
+        """One step: a number of events drawn from ``counts`` (three in four milestone
+        events), and a clock move with chance ``clock_moves`` (always, when no event came)."""
+        milestones: list[MilestoneState] = []
+        observations: list[KpiObservation] = []
+        for _ in range(self.rnd.choice(counts)):
+            if self.rnd.random() < 0.75:
+                milestones += [s] if (s := self.milestone_event()) else []
+            else:
+                observations += [o] if (o := self.kpi_event()) else []
+        if self.rnd.random() < clock_moves or not (milestones or observations):
+            self.clock_move(holds_until)
+        return milestones, observations
+
     def clock_move(self, holds_until: datetime) -> None:
         r = self.rnd.random()
         midnight = datetime.combine(self.now.date() + timedelta(days=1), datetime.min.time(), UTC)
@@ -185,14 +202,7 @@ def run(catalogue: Catalogue, seed: int) -> tuple[int, int]:
     watch = ClockWatch(catalogue)
     incremental = 0
     for step in range(STEPS):
-        milestones, observations = [], []
-        for _ in range(rnd.choice((0, 1, 1, 1, 2, 5))):
-            if rnd.random() < 0.75:
-                milestones += [s] if (s := history.milestone_event()) else []
-            else:
-                observations += [o] if (o := history.kpi_event()) else []
-        if rnd.random() < 0.5 or not (milestones or observations):
-            history.clock_move(holds_until)
+        milestones, observations = history.step((0, 1, 1, 1, 2, 5), 0.5, holds_until)
         now = history.now
         state, touched = changed_state(state, milestones, observations)
         incremental += health.at <= now < holds_until

@@ -56,14 +56,7 @@ def run(catalogue: Catalogue, seed: int) -> int:
     locks: Locks = {}
     tags: dict[str, bytes] = {}
     for step in range(STEPS):
-        milestones, observations = [], []
-        for _ in range(rnd.choice((0, 1, 1, 2))):
-            if rnd.random() < 0.75:
-                milestones += [s] if (s := history.milestone_event()) else []
-            else:
-                observations += [o] if (o := history.kpi_event()) else []
-        if rnd.random() < 0.3 or not (milestones or observations):
-            history.clock_move(holds_until)
+        milestones, observations = history.step((0, 1, 1, 2), 0.3, holds_until)
         state, touched = changed_state(state, milestones, observations)
         health = rerate(catalogue, health, state, touched, history.now, holds_until=holds_until)
         holds_until = valid_until(catalogue, state, history.now)
