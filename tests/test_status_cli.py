@@ -206,6 +206,11 @@ def test_a_narrow_terminal_wraps_on_word_boundaries(catalogue: Catalogue, width:
     for k in board["kpis"]:
         assert " ".join(k["title"].split()) in " ".join(text.split())
     assert all(len(line) <= width for line in text.splitlines())
+    # The headline's counts stay on one line with what they count.
+    rags = [p["rag"] for p in proposals]
+    stalled = sum(p["stalled"] for p in proposals)
+    counts = "  ".join(f"{rags.count(rag)} {rag}" for rag in ("red", "amber", "green"))
+    assert f"{counts}  {stalled} stalled  1 KPI off trajectory" in text.splitlines()
 
 
 @pytest.mark.parametrize("width", [80, 120])

@@ -297,18 +297,23 @@ def kpi_lines(kpis: list[Board], compact: bool = False) -> Group:
     return Group(*blocks)
 
 
-def summary(board: Board) -> Text:
-    """One line: how many proposals are red, amber, green and stalled, and KPIs off track."""
+def summary(board: Board) -> Group:
+    """The programme's name, then how many proposals are red, amber, green and stalled and
+    KPIs off track, and when it was rated: lines of their own, so that a terminal of 80
+    columns never parts a count from what it counts."""
     proposals = [p for c in board["columns"] for p in c["proposals"]]
     rags = [p["rag"] for p in proposals]
-    line = Text(f"{board.get('name', 'Programme')}  ", style="bold")
+    counts = Text()
     for rag in ("red", "amber", "green"):
-        line.append(f"{rags.count(rag)} {rag}  ", style=RAG_STYLE[rag])
-    line.append(f"{sum(p['stalled'] for p in proposals)} stalled  ")
+        counts.append(f"{rags.count(rag)} {rag}  ", style=RAG_STYLE[rag])
+    counts.append(f"{sum(p['stalled'] for p in proposals)} stalled  ")
     off = sum(k["on_track"] is False for k in board["kpis"])
-    line.append(f"{off} KPI off trajectory  ")
-    line.append(f"at {board['generated_at'][:19].replace('T', ' ')} UTC", style="dim")
-    return line
+    counts.append(f"{off} KPI off trajectory")
+    return Group(
+        Text(board.get("name", "Programme"), style="bold"),
+        counts,
+        Text(f"rated at {board['generated_at'][:19].replace('T', ' ')} UTC", style="dim"),
+    )
 
 
 def render_board(
