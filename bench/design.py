@@ -50,6 +50,7 @@ import gc
 import hashlib
 import json
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -122,6 +123,8 @@ METRICS_P99 = Spec(
     baseline="design_static_p99",
     goal=Goal("ratio_at_most", 2.0),
 )
+AGE_P50 = Spec("design_age_p50", "9 age of the board answered under ingestion p50", "ms")
+AGE_P99 = Spec("design_age_p99", "9 age of the board answered under ingestion p99", "ms")
 STORED_RATE = Spec("design_stored_rate", "9 events stored during the read measurement", "events/s")
 STALL_P50 = Spec("design_stall_p50", "9 stall instant → status event p50", "ms")
 STALL_P99 = Spec(
@@ -158,7 +161,7 @@ async def design(ctx: Context) -> None:
                 env = {STATIC_ENV: str(size)}
                 async with ctx.bench.aggregator(server.url, url, catalogue=path, env=env) as agg:
                     await _settled(url, len(catalogue.proposals))
-                    times, info = await _reads_under_ingestion(
+                    times, ages, info = await _reads_under_ingestion(
                         agg.url,
                         server.url,
                         shape,
@@ -173,6 +176,8 @@ async def design(ctx: Context) -> None:
             ):
                 ctx.results.add(p50, percentile(values, 0.5) * 1000)
                 ctx.results.add(p99, percentile(values, 0.99) * 1000)
+            ctx.results.add(AGE_P50, percentile(ages, 0.5) * 1000)
+            ctx.results.add(AGE_P99, percentile(ages, 0.99) * 1000)
             ctx.results.add(STORED_RATE, info["stored_per_second"])
             ctx.results.detail("design_reads", info)
             await _time_driven(ctx, run)
@@ -194,13 +199,16 @@ async def _body_size(url: str, path: str) -> int:
 
 async def _reads_under_ingestion(
     aggregator_url: str, nats_url: str, shape: Scale, count: int, *, seed: int, log: Path
-) -> tuple[dict[str, list[float]], dict[str, Any]]:
-    """The three routes in turn (two rounds to warm up first) while the publisher runs."""
+) -> tuple[dict[str, list[float]], list[float], dict[str, Any]]:
+    """The three routes in turn (two rounds to warm up first) while the publisher runs; the
+    seconds each one took, and the age of each board answered: from its ``generated_at``
+    (the aggregator's clock when it was rated) to its receipt (the machine's one clock)."""
     await wait_http(aggregator_url, STATIC)
     paths = [STATIC, "/v1/programme", "/metrics"]
     times: dict[str, list[float]] = {p: [] for p in paths}
     sizes: dict[str, int] = {}
     boards: set[bytes] = set()
+    ages: list[float] = []
     pools = {p: Pool(aggregator_url) for p in paths}
     try:
         with _publisher(nats_url, shape, seed, log):
@@ -223,6 +231,8 @@ async def _reads_under_ingestion(
                         sizes[path] = len(body)
                         if path == "/v1/programme":  # each rebuilt snapshot is a new body
                             boards.add(hashlib.blake2b(body, digest_size=16).digest())
+                            if i >= 2:
+                                ages.append(_age(body, datetime.now(UTC)))
             finally:
                 gc.enable()
             seconds = time.perf_counter() - at
@@ -234,16 +244,31 @@ async def _reads_under_ingestion(
             await pool.close()
     if stored <= 0:
         raise RuntimeError("the aggregator stored nothing while the board was read")
-    return times, {
-        "seconds": round(seconds, 2),
-        "stored": stored,
-        "stored_per_second": stored / seconds,
-        "published_per_second": sent / seconds,
-        "backlog_at_end": backlog,
-        "body_bytes": sizes,
-        "distinct_programme_bodies": len(boards),
-        "programme_requests": count + 2,
-    }
+    return (
+        times,
+        ages,
+        {
+            "seconds": round(seconds, 2),
+            "stored": stored,
+            "stored_per_second": stored / seconds,
+            "published_per_second": sent / seconds,
+            "backlog_at_end": backlog,
+            "body_bytes": sizes,
+            "distinct_programme_bodies": len(boards),
+            "programme_requests": count + 2,
+        },
+    )
+
+
+GENERATED_AT = re.compile(rb'"generated_at":"([^"]+)"')
+
+
+def _age(board: bytes, received: datetime) -> float:
+    """Seconds from the board's ``generated_at`` (near its start) to ``received``."""
+    found = GENERATED_AT.search(board, 0, 1000)
+    if found is None:
+        raise RuntimeError(f"no generated_at in the board's head: {board[:200]!r}")
+    return (received - datetime.fromisoformat(found[1].decode())).total_seconds()
 
 
 async def _consumer(nats_url: str) -> Any:
