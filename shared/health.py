@@ -672,14 +672,11 @@ def rerate(
     if not previous.at <= now < holds_until:
         return programme_health(catalogue, state, now)
     kpis = dict(previous.kpis)
-    again: set[str] = set()
     for kid in touched.kpis:
         kpi = catalogue.kpi_by_id.get(kid)
         if kpi is not None:
             kpis[kid] = kpi_health(kpi, state.kpi_observations.get(kid, ()), now)
-            again.update(kpi.evidences)
-    again.update(pid for pid, _ in catalogue.downstream(touched.milestones))
-    rate = [p for pid in again if (p := catalogue.proposal_by_id.get(pid)) is not None]
+    rate = rated_again(catalogue, touched)
     if not rate and not touched.kpis:
         return ProgrammeHealth(at=now, proposals=previous.proposals, kpis=previous.kpis)
     deps = dependencies(catalogue, state, now, [(p.id, m.id) for p in rate for m in p.milestones])
@@ -687,6 +684,20 @@ def rerate(
     for p in rate:
         proposals[p.id] = proposal_health(catalogue, p, state, kpis, now, deps)
     return ProgrammeHealth(at=now, proposals=proposals, kpis=kpis)
+
+
+def rated_again(catalogue: Catalogue, touched: Touched) -> list[Proposal]:
+    """The proposals :func:`rerate` rates again for ``touched`` while the clock changes no
+    rating: those whose milestones changed or that a changed KPI evidences, and every
+    proposal with a milestone downstream of a changed one."""
+    again = {
+        pid
+        for kid in touched.kpis
+        if (kpi := catalogue.kpi_by_id.get(kid)) is not None
+        for pid in kpi.evidences
+    }
+    again.update(pid for pid, _ in catalogue.downstream(touched.milestones))
+    return [p for pid in again if (p := catalogue.proposal_by_id.get(pid)) is not None]
 
 
 # When a rating expires: the clock alone changes it only at instants known in advance.

@@ -414,7 +414,7 @@ def build_read_router(
         if isinstance(view, JSONResponse):
             return view
         if view == LIVE:
-            return tagged((await live.snapshot()).programme, if_none_match)
+            return tagged((await live.snapshot(lag=True)).programme, if_none_match)
         # Serialised straight from the board's plain data: at thousands of milestones a
         # model per milestone would cost more than rating the programme (see board.py).
         with queries.collector_paused():
@@ -441,7 +441,7 @@ def build_read_router(
         if isinstance(view, JSONResponse):
             return view
         if view == LIVE:
-            return tagged((await live.snapshot()).proposal(proposal_id), if_none_match)
+            return tagged((await live.snapshot(lag=True)).proposal(proposal_id), if_none_match)
         health, locks = await board(view)
         detail = proposal_detail(catalogue, health, proposal_id, view, locks)
         assert detail is not None  # the id was checked against the same catalogue
@@ -532,7 +532,7 @@ def build_read_router(
         if isinstance(view, JSONResponse):
             return view
         if view == LIVE:
-            return tagged((await live.snapshot()).kpis, if_none_match)
+            return tagged((await live.snapshot(lag=True)).kpis, if_none_match)
         health, locks = await board(view)
         return kpi_list(catalogue, health, view, locks)
 

@@ -95,7 +95,12 @@ class Aggregator:
         )
         router = NatsRouter()
         # One snapshot of the live board: the read API, /metrics and the status events.
-        self.live = LiveBoard(catalogue=catalogue, sessions=self.read_session, clock=clock)
+        self.live = LiveBoard(
+            catalogue=catalogue,
+            sessions=self.read_session,
+            clock=clock,
+            wait_proposals=settings.board_wait_proposals,
+        )
         self.status = StatusPublisher(
             catalogue=catalogue,
             readers=self.readers,

@@ -10,6 +10,7 @@ from pydantic_settings import SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from services.aggregator.snapshot import WAIT_PROPOSALS
 from shared.bus import StreamSettings
 from shared.natsauth import (
     DEVELOPMENT,
@@ -87,6 +88,13 @@ class AggregatorSettings(NatsClientSettings):
     )
     status_min_gap_seconds: float = Field(
         default=1.0, ge=0, description="Least time between two passes, however busy the stream"
+    )
+    board_wait_proposals: int = Field(
+        default=WAIT_PROPOSALS,
+        ge=0,
+        description="A live read waits for the board's next build when it rates again at most "
+        "this many proposals; a larger build runs while live reads are answered from the last "
+        "complete board",
     )
     backlog_interval_seconds: float = Field(default=5.0, gt=0)
     office_metrics_seconds: float = Field(

@@ -3,8 +3,8 @@ until the store or the clock changes it.
 
 A :class:`Snapshot` is the rating of the stored state at the instant it was built, with
 what the live answers of ``/v1/programme`` and ``/v1/kpis`` are (encoded bytes and their
-strong ``ETag``), each proposal's ``/v1/proposals/{id}`` encoded the first time it is asked
-for, and the ``/metrics`` programme gauges' text likewise. It records two things that say
+strong ``ETag``) and the text of ``/metrics``' programme gauges, with each proposal's
+``/v1/proposals/{id}`` encoded the first time it is asked for. It records two things that say
 when it stops being right:
 
 - ``version``: the store's version it was read at. Every commit that changes what the
@@ -15,16 +15,24 @@ when it stops being right:
   (:func:`shared.health.valid_until`: a stall threshold, half of one, a grace period's
   end, the next UTC midnight).
 
-:class:`LiveBoard` holds the current snapshot and answers each live request with it while
-it is fresh, else builds the next one, one build at a time, from the current one: it reads
-only the projection rows written since its version (each row carries the version of the
-commit that wrote it) and the locks of their returns, and rates again only what they touch
+:class:`LiveBoard` holds the current snapshot and answers each request with it while it is
+fresh, else builds the next one, one build at a time, from the current one: it reads only
+the projection rows written since its version (each row carries the version of the commit
+that wrote it) and the locks of their returns, and rates again only what they touch
 (:func:`shared.health.rerate`), unless a review or a replay since may have taken rows out
-or changed locks (``store_version.rebuilt``), when it reads the store whole. Requests that
-arrive meanwhile wait for the same build. Two replicas over one store therefore answer
-alike, and every answer is the rating the clock's ``now`` would give; only ``generated_at``
-says when the snapshot was built (the time the board was last rated), not when it was
-asked for.
+or changed locks (``store_version.rebuilt``), when it reads the store whole. The rating and
+encoding run in a worker thread, so the event loop goes on storing and serving meanwhile.
+
+How fresh an answer is. A request waits for the build that holds every commit made before
+it, so a client that saw its event stored sees it on the board at its next request, with
+one exception: a live read (``/v1/programme``, ``/v1/proposals/{id}``, ``/v1/kpis``,
+``/metrics``) that would wait for a build rating again more than ``wait_proposals``
+proposals (a burst of events across the programme, a review or replay read whole, the clock
+moving every rating) is answered from the last complete snapshot while that build runs: the
+board a build behind, never older than one this replica has answered with. The status pass
+always waits. Two replicas over one store therefore converge to the same answers, and every
+answer is the rating the clock's ``now`` gave when it was built; ``generated_at`` says when
+that was (the time the board was last rated), not when it was asked for.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from pydantic_core import to_json
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -48,6 +56,12 @@ from services.aggregator.board import (
     programme_document,
     proposal_detail,
 )
+from services.aggregator.gauges import (
+    GaugeEncoder,
+    approval_gauge,
+    programme_gauges,
+    render_gauges,
+)
 from shared.catalogue import Catalogue
 from shared.health import (
     ClockWatch,
@@ -56,6 +70,7 @@ from shared.health import (
     Touched,
     changed_state,
     programme_health,
+    rated_again,
     rerate,
     valid_until,
 )
@@ -92,13 +107,14 @@ class Snapshot:
     """``GET /v1/programme``."""
     kpis: Encoded = field(repr=False)
     """``GET /v1/kpis``."""
+    gauges: bytes = field(repr=False)
+    """``/metrics``' programme gauges."""
     # Made the first time asked for: most proposals' pages are never read between changes.
     _proposals: dict[str, Encoded] = field(default_factory=dict, repr=False, compare=False)
-    _texts: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
 
     def fresh(self, version: int, now: datetime) -> bool:
-        """Whether this is still the board of a store at ``version`` at ``now``."""
-        return self.version == version and self.holds_at(now)
+        """Whether this is the board of a store at ``version`` (or a later one) at ``now``."""
+        return self.version >= version and self.holds_at(now)
 
     def holds_at(self, now: datetime) -> bool:
         """Whether the clock alone leaves the rating as it is at ``now`` (a clock set back
@@ -114,13 +130,6 @@ class Snapshot:
             found = self._proposals[proposal_id] = encode(detail.model_dump_json().encode())
         return found
 
-    def text(self, name: str, render: Callable[[ProgrammeHealth, Locks], bytes]) -> bytes:
-        """What ``render`` makes of this board (``/metrics``' programme gauges), made once."""
-        found = self._texts.get(name)
-        if found is None:
-            found = self._texts[name] = render(self.health, self.locks)
-        return found
-
 
 def build_snapshot(
     catalogue: Catalogue,
@@ -131,13 +140,14 @@ def build_snapshot(
     previous: tuple[Snapshot, Touched] | None = None,
     encoder: ProgrammeEncoder | None = None,
     watch: ClockWatch | None = None,
+    gauges: GaugeEncoder | None = None,
 ) -> Snapshot:
-    """Rate ``state`` at ``now`` and encode the board and the KPIs: a pure function. With
-    ``previous`` (a snapshot of a state that differs from ``state`` by what it touched),
-    only what that can change is rated again (:func:`shared.health.rerate`); with
-    ``encoder``, only the proposals rated again (or whose verifications changed) are
-    encoded again, the same bytes; with ``watch``, only their clock instants are worked out
-    again (:class:`shared.health.ClockWatch`), the same ``valid_until``."""
+    """Rate ``state`` at ``now`` and encode the board, the KPIs and the gauges: a pure
+    function. With ``previous`` (a snapshot of a state that differs from ``state`` by what
+    it touched), only what that can change is rated again (:func:`shared.health.rerate`);
+    with ``encoder`` and ``gauges``, only the proposals rated again (or whose verifications
+    changed) are encoded again, the same bytes; with ``watch``, only their clock instants
+    are worked out again (:class:`shared.health.ClockWatch`), the same ``valid_until``."""
     if previous is None:
         health = programme_health(catalogue, state, now)
     else:
@@ -153,6 +163,12 @@ def build_snapshot(
         body, digest = encoder.encode_tagged(health, LIVE, locks)
         programme = Encoded(body, f'"{digest}"')
     kpis = kpi_list(catalogue, health, LIVE, locks).model_dump_json().encode()
+    if gauges is None:
+        text = render_gauges(
+            [*programme_gauges(catalogue, health), approval_gauge(catalogue, health, locks)]
+        )
+    else:
+        text = gauges.render(health, locks)
     return Snapshot(
         catalogue=catalogue,
         version=version,
@@ -164,63 +180,144 @@ def build_snapshot(
         ),
         programme=programme,
         kpis=encode(kpis),
+        gauges=text,
     )
 
 
-class LiveBoard:
-    """The current :class:`Snapshot` of the live board, built again when it is stale."""
+WAIT_PROPOSALS = 100
+"""A live read waits for a build of the board that rates again at most this many proposals
+(:class:`LiveBoard`): at 1,000 proposals, about 15 ms of CPU."""
 
-    def __init__(self, *, catalogue: Catalogue, sessions: Sessions, clock: Clock) -> None:
+
+@dataclass(eq=False)
+class _Build:
+    """The next snapshot being built: how many proposals it rates again (known once it has
+    read the store), and the snapshot."""
+
+    weight: asyncio.Future[int]
+    done: asyncio.Task[Snapshot]
+
+
+class LiveBoard:
+    """The current :class:`Snapshot` of the live board, built again when it is stale: one
+    build at a time, its rating and encoding in a worker thread, so the event loop goes on
+    serving (and storing) meanwhile."""
+
+    def __init__(
+        self,
+        *,
+        catalogue: Catalogue,
+        sessions: Sessions,
+        clock: Clock,
+        wait_proposals: int = WAIT_PROPOSALS,
+    ) -> None:
         self._catalogue = catalogue
         self._sessions = sessions
         self._clock = clock
+        self._wait_proposals = wait_proposals
         self._current: Snapshot | None = None
         self._encoder = ProgrammeEncoder(catalogue)
         self._watch = ClockWatch(catalogue)
-        self._building = asyncio.Lock()
+        self._gauges = GaugeEncoder(catalogue)
+        self._building: _Build | None = None
+        self._busy = False
 
-    async def snapshot(self) -> Snapshot:
-        """The snapshot right for the store and the clock now; raises what the store raises
-        when it cannot be read."""
+    async def snapshot(self, *, lag: bool = False) -> Snapshot:
+        """The snapshot of the store and the clock now: of every commit made before the
+        call. Raises what the store raises when it cannot be read.
+
+        With ``lag`` (a live read's answer), the last complete snapshot instead of waiting
+        for a build that rates again more than ``wait_proposals`` proposals; and while the
+        last build from the changed rows was such a build (the programme changing fast),
+        the last complete snapshot at once, without reading the store, the next build
+        started if none runs."""
+        current = self._current
+        if lag and current is not None and self._busy:
+            # Changing fast: the last board at once, and the next one on its way.
+            if self._building is None:
+                self._start()
+            return current
         async with self._sessions() as session:
             version = await queries.store_version(session=session)
-        current = self._current
-        if current is not None and current.fresh(version, self._clock()):
-            return current
-        async with self._building:
+        while True:
             current = self._current
-            # Built while this request waited, from the version read here or a later one.
-            if (
-                current is not None
-                and current.version >= version
-                and current.holds_at(self._clock())
-            ):
+            if current is not None and current.fresh(version, self._clock()):
                 return current
-            current = self._current = await self._build()
-        return current
+            # A build started before this request read the version may not hold what it
+            # read: then, once it ends, another one.
+            build = self._building or self._start()
+            if lag and current is not None:
+                if await asyncio.shield(build.weight) > self._wait_proposals:
+                    return current
+            await asyncio.shield(build.done)
 
-    async def _build(self) -> Snapshot:
+    def _start(self) -> _Build:
+        weight = asyncio.get_running_loop().create_future()
+        build = self._building = _Build(weight, asyncio.create_task(self._build(weight)))
+        # A failure reaches whoever waits for it; none may (a read answered meanwhile).
+        weight.add_done_callback(_retrieved)
+        build.done.add_done_callback(_retrieved)
+        return build
+
+    async def _build(self, weight: asyncio.Future[int]) -> Snapshot:
+        try:
+            with queries.collector_paused():
+                snapshot = self._current = await self._next(weight)
+            return snapshot
+        except BaseException as exc:
+            self._busy = False  # the next read reads the store, and says what it raises
+            if not weight.done():
+                if isinstance(exc, asyncio.CancelledError):
+                    weight.cancel()
+                else:
+                    weight.set_exception(exc)
+            raise
+        finally:
+            self._building = None
+
+    async def _next(self, weight: asyncio.Future[int]) -> Snapshot:
+        """The next snapshot, from the current one and the rows written since when they can
+        tell, else from the whole store; ``weight`` is given the number of proposals it
+        rates again once the store is read."""
         current = self._current
-        with queries.collector_paused():
-            async with self._sessions() as session:
-                # The version before the state: a commit between the two reads makes the
-                # snapshot look older than it is (built once more), never newer.
-                version = await queries.store_version(session=session)
-                if current is not None and current.version <= version:
-                    changed = await _changed(session, current, version)
-                    if changed is not None:
-                        state, touched, locks = changed
-                        return build_snapshot(
-                            self._catalogue, state, locks, version, self._clock(),
-                            previous=(current, touched), encoder=self._encoder,
-                            watch=self._watch,
-                        )  # fmt: skip
+        previous: tuple[Snapshot, Touched] | None = None
+        async with self._sessions() as session:
+            # The version before the state: a commit between the two reads makes the
+            # snapshot look older than it is (built once more), never newer.
+            version = await queries.store_version(session=session)
+            if current is not None and current.fresh(version, self._clock()):
+                weight.set_result(0)  # started by a read that did not look (busy)
+                self._busy = False
+                return current
+            changed = None
+            if current is not None and current.version <= version:
+                changed = await _changed(session, current, version)
+            locks: Locks
+            if changed is None:
                 state = await queries.load_state(session=session)
                 locks = await returns.locks(session=session, targets=returns.shown_targets(state))
-            return build_snapshot(
-                self._catalogue, state, locks, version, self._clock(),
-                encoder=self._encoder, watch=self._watch,
-            )  # fmt: skip
+            else:
+                state, touched, locks = changed
+                assert current is not None
+                previous = (current, touched)
+        now = self._clock()
+        if previous is not None and previous[0].holds_at(now):
+            weight.set_result(len(rated_again(self._catalogue, previous[1])))
+            # Busy while the rows change many proposals from one build to the next; a
+            # read in whole, or the clock moving every rating, says nothing of that.
+            self._busy = weight.result() > self._wait_proposals
+        else:  # read whole, or the clock moved a rating: all rated again
+            weight.set_result(len(self._catalogue.proposals))
+        return await asyncio.to_thread(
+            build_snapshot, self._catalogue, state, locks, version, now,
+            previous=previous, encoder=self._encoder, watch=self._watch, gauges=self._gauges,
+        )  # fmt: skip
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Mark ``future``'s outcome as seen: asyncio logs an exception nobody retrieved."""
+    if not future.cancelled():
+        future.exception()
 
 
 async def _changed(

@@ -1,6 +1,6 @@
 """The live board's JSON made of kept parts (``board.ProgrammeEncoder``) is byte for byte
 the board's document serialised whole, and its ``/metrics`` gauges made of kept lines
-(``metrics.GaugeEncoder``) the gauges rendered whole, at every step of a random history:
+(``gauges.GaugeEncoder``) the gauges rendered whole, at every step of a random history:
 ratings kept up to date by ``rerate`` (whose untouched records the encoders reuse),
 completions verified and unverified, KPI returns approved."""
 
@@ -14,7 +14,7 @@ from pydantic_core import to_json
 from test_incremental_health import History, generated_catalogue
 
 from services.aggregator.board import LIVE, Locks, ProgrammeEncoder, programme_document
-from services.aggregator.metrics import (
+from services.aggregator.gauges import (
     GaugeEncoder,
     approval_gauge,
     programme_gauges,

@@ -9,16 +9,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.registry import Collector
 
 from services.aggregator.board import NO_LOCKS
-from services.aggregator.metrics import (
-    NO_QUEUE,
-    Gauge,
-    OfficeGauges,
-    approval_gauge,
-    office_gauges,
-    programme_families,
-    programme_gauges,
-    render_gauges,
-)
+from services.aggregator.gauges import Gauge, approval_gauge, programme_gauges, render_gauges
+from services.aggregator.metrics import NO_QUEUE, OfficeGauges, office_gauges, programme_families
 from shared.catalogue import Catalogue
 from shared.health import (
     KpiObservation,

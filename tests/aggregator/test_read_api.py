@@ -31,7 +31,8 @@ from services.aggregator.board import (
 )
 from services.aggregator.consumer import decode
 from services.aggregator.db import make_engine, session_factory, upgrade
-from services.aggregator.metrics import build_metrics_router, programme_gauges, render_gauges
+from services.aggregator.gauges import programme_gauges, render_gauges
+from services.aggregator.metrics import build_metrics_router
 from services.aggregator.opmetrics import OperationalMetrics
 from services.aggregator.store import store_batch
 from shared.catalogue import Catalogue

@@ -10,10 +10,13 @@ and a midnight.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -21,12 +24,15 @@ import pytest
 from pydantic_core import to_json
 
 from services.aggregator import queries
+from services.aggregator import snapshot as snapshot_module
 from services.aggregator.app import create_app
 from services.aggregator.board import LIVE, NO_LOCKS, kpi_list, programme_document
-from services.aggregator.db import upgrade
+from services.aggregator.consumer import decode
+from services.aggregator.db import session_factory, upgrade
 from services.aggregator.settings import AggregatorSettings
-from services.aggregator.snapshot import LiveBoard
-from shared.health import programme_health
+from services.aggregator.snapshot import LiveBoard, Snapshot, build_snapshot
+from services.aggregator.store import store_batch
+from shared.health import Touched, programme_health, rated_again
 from shared.natsserver import NatsServer
 
 from .harness import (
@@ -36,10 +42,13 @@ from .harness import (
     Database,
     FakeClock,
     cloudevent,
+    database_at,
     eventually,
+    js_reply,
     kpi,
     milestone,
     settings_for,
+    subject_of,
 )
 
 NOW = datetime(2025, 6, 15, 12, 0, tzinfo=UTC)
@@ -224,6 +233,89 @@ async def test_requests_that_find_the_snapshot_stale_wait_for_one_build(
     assert all(s is snapshots[0] for s in snapshots)
     assert (snapshots[0].version, snapshots[0].health.at) == (0, NOW)
     assert snapshots[0].valid_until == datetime(2025, 6, 16, tzinfo=UTC)  # nothing reported
+
+
+SEQ = itertools.count(1)
+
+
+async def store(database_url: str, bodies: list[dict[str, Any]]) -> None:
+    """``bodies`` stored as the consumer stores a batch, in one commit."""
+    decoded = [
+        decode(
+            SimpleNamespace(
+                subject=subject_of(b), data=json.dumps(b).encode(), reply=js_reply(next(SEQ), NOW)
+            ),
+            CATALOGUE,
+        )
+        for b in bodies
+    ]
+    async with database_at(database_url) as writer:
+        async with session_factory(writer.engine, writer=True)() as session:
+            await store_batch(session=session, events=decoded, recorded_at=NOW)
+            await session.commit()
+
+
+def moved(keys: list[tuple[str, str]], status: str) -> list[dict[str, Any]]:
+    """A milestone event of each of ``keys``, now."""
+    return [milestone(f"{status}-{p}-{m}", p, m, status, NOW) for p, m in keys]
+
+
+def rating_again(count: int) -> list[tuple[str, str]]:
+    """Milestones of ``count`` proposals, each of which rates again its own proposal only."""
+    lone = {}
+    for p in CATALOGUE.proposals:
+        for m in p.milestones:
+            if [r.id for r in rated_again(CATALOGUE, Touched(frozenset({(p.id, m.id)})))] == [p.id]:
+                lone.setdefault(p.id, (p.id, m.id))
+    assert len(lone) >= count
+    return list(lone.values())[:count]
+
+
+async def test_a_live_read_waits_for_a_small_build_not_for_a_large_one_nor_after_it(
+    db: Database, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await upgrade(database_url)
+    clock = FakeClock(NOW)
+    live = LiveBoard(catalogue=CATALOGUE, sessions=db.sessions, clock=clock, wait_proposals=2)
+    first = await live.snapshot(lag=True)  # no board yet to answer with: it waits
+    keys = rating_again(3)
+    one = keys[0][0]
+
+    # A change rating two proposals again: a live read waits for it, as any read does.
+    await store(database_url, moved(keys[:2], "at_risk"))
+    small = await live.snapshot(lag=True)
+    assert small.version == first.version + 1
+    assert small.health.proposals[one].milestones != first.health.proposals[one].milestones
+
+    # Three proposals: while that build runs (held here), live reads get the last board.
+    held = threading.Event()
+
+    def held_build(*args: Any, **kwargs: Any) -> Snapshot:
+        held.wait(timeout=30)
+        return build_snapshot(*args, **kwargs)
+
+    monkeypatch.setattr(snapshot_module, "build_snapshot", held_build)
+    await store(database_url, moved(keys, "blocked"))
+    fresh_read = asyncio.create_task(live.snapshot())
+    assert await live.snapshot(lag=True) is small
+    assert await live.snapshot(lag=True) is small  # the build still running, not another
+    assert not fresh_read.done()  # the status pass's read waits for every commit
+    held.set()
+    large = await fresh_read
+    assert large.version == small.version + 1
+    assert {large.health.proposals[p].rag for p, _ in keys} == {"red"}
+    full = await LiveBoard(catalogue=CATALOGUE, sessions=db.sessions, clock=clock).snapshot()
+    assert (large.programme.body, large.kpis.body) == (full.programme.body, full.kpis.body)
+
+    # After a large build (the programme changing fast), a live read gets the last board
+    # at once, even for a small change, and starts the next build.
+    await store(database_url, moved(keys[:1], "completed"))
+    assert await live.snapshot(lag=True) is large
+    after = await live.snapshot()
+    assert after.version == large.version + 1
+    # That build was small: live reads wait for the next one again.
+    await store(database_url, moved(keys[1:2], "completed"))
+    assert (await live.snapshot(lag=True)).version == after.version + 1
 
 
 def review(event_id: str, action: str, **data: str) -> dict[str, Any]:
