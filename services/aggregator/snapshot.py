@@ -25,14 +25,17 @@ encoding run in a worker thread, so the event loop goes on storing and serving m
 
 How fresh an answer is. A request waits for the build that holds every commit made before
 it, so a client that saw its event stored sees it on the board at its next request, with
-one exception: a live read (``/v1/programme``, ``/v1/proposals/{id}``, ``/v1/kpis``,
-``/metrics``) that would wait for a build rating again more than ``wait_proposals``
-proposals (a burst of events across the programme, a review or replay read whole, the clock
-moving every rating) is answered from the last complete snapshot while that build runs: the
-board a build behind, never older than one this replica has answered with. The status pass
-always waits. Two replicas over one store therefore converge to the same answers, and every
-answer is the rating the clock's ``now`` gave when it was built; ``generated_at`` says when
-that was (the time the board was last rated), not when it was asked for.
+one exception, for the live reads (``/v1/programme``, ``/v1/proposals/{id}``, ``/v1/kpis``,
+``/metrics``) while the programme changes fast. A live read that would wait for a build
+rating again more than ``wait_proposals`` proposals (a burst of events across the
+programme, a review or replay read whole, the clock moving every rating) is answered from
+the last complete snapshot while that build runs; and after a build from the changed rows
+that large, until one that is not, a live read is answered from the last complete snapshot
+at once, starting the next build if none runs. The board is then a build behind, never
+older than one this replica has answered with. The status pass always waits. Two replicas
+over one store therefore converge to the same answers, and every answer is the rating the
+clock's ``now`` gave when it was built; ``generated_at`` says when that was (the time the
+board was last rated), not when it was asked for.
 """
 
 from __future__ import annotations
