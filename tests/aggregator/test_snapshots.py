@@ -318,6 +318,27 @@ async def test_a_live_read_waits_for_a_small_build_not_for_a_large_one_nor_after
     assert (await live.snapshot(lag=True)).version == after.version + 1
 
 
+async def test_a_store_that_fails_while_busy_is_reported_at_the_next_live_read(
+    db: Database, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await upgrade(database_url)
+    live = LiveBoard(
+        catalogue=CATALOGUE, sessions=db.sessions, clock=FakeClock(NOW), wait_proposals=0
+    )
+    await live.snapshot(lag=True)
+    await store(database_url, moved(rating_again(1), "at_risk"))
+    busy = await live.snapshot()  # a build rating one proposal again: more than 0
+
+    async def unreadable(**_: Any) -> int:
+        raise ConnectionRefusedError("the store is away")
+
+    monkeypatch.setattr(queries, "store_version", unreadable)
+    assert await live.snapshot(lag=True) is busy  # at once, its build failing behind it
+    await asyncio.sleep(0.05)  # that build's end
+    with pytest.raises(ConnectionRefusedError):
+        await live.snapshot(lag=True)  # not the last board for ever: the store's failure
+
+
 def review(event_id: str, action: str, **data: str) -> dict[str, Any]:
     """A review event as the office's route publishes it."""
     body = cloudevent(event_id, "office/alice", "2025-06-15T12:00:00Z", {"action": action, **data})
