@@ -1,7 +1,7 @@
 """``/metrics``: the operational registry plus programme gauges read from stored state.
 
-Programme metrics come from stored state, not process memory: each scrape renders the
-typed health records of the live board's snapshot (the same
+Programme metrics come from stored state, not process memory: each scrape serves the
+text of the typed health records of the live board's snapshot (the same
 :class:`~services.aggregator.snapshot.LiveBoard` as ``/v1/programme``, rebuilt when the
 store's version or the clock makes it stale, the text written with it by ``gauges.py``),
 never the read API's response data, so a restart or a second replica exports the same
